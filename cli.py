@@ -1,0 +1,109 @@
+"""miwv: pick the instruction-tuning data a model is weakest on, by MIWV, from an SQL catalog.
+
+Each command parses its arguments and calls the library (catalog/, scoring/).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from catalog import DEFAULT_PATH, Catalog, UserError
+from catalog.records import SHAPES
+
+
+class Cli(click.Group):
+    """Turns user errors into one line on stderr and an exit code, and Ctrl-C into a resumable stop."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            click.echo(f"Error: {error}", err=True)
+            ctx.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted. Work committed so far is kept; run the command again to continue.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=Cli)
+@click.option("--catalog", "catalog_path", envvar="MIWV_CATALOG", default=DEFAULT_PATH, show_default=True,
+              type=click.Path(file_okay=False), help="Catalog directory (env MIWV_CATALOG).")
+@click.pass_context
+def cli(ctx: click.Context, catalog_path: str) -> None:
+    """SQL-backed, incremental MIWV data selection."""
+    ctx.obj = Catalog(catalog_path)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--dataset", help="Dataset the rows belong to (default: the file name without extensions).")
+@click.option("--format", "shape", type=click.Choice(SHAPES), help="Record shape (default: detected from the first record).")
+@click.option("--skip-invalid", is_flag=True, help="Ingest the valid rows; record invalid ones in the `rejects` view.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def ingest(catalog: Catalog, path: str, dataset: str | None, shape: str | None, skip_invalid: bool, as_json: bool) -> None:
+    """Add the samples of PATH (.jsonl, .json, .parquet, .csv; text formats may be .gz) to the catalog.
+
+    The file is ingested whole or not at all. Samples already in the catalog (same content)
+    are not added again; their membership in --dataset is recorded.
+    """
+    from catalog.ingest import ingest_file
+    from catalog.render import print_json
+
+    result = ingest_file(catalog, path, dataset or os.path.basename(path).split(".")[0], shape, skip_invalid)
+    if as_json:
+        print_json(result.as_dict())
+        return
+    click.echo(
+        f"ingest {result.ingest_id}: {result.path} -> dataset {result.dataset!r} ({result.record_shape}): "
+        f"{result.rows_read} rows read, {result.rows_new} new, {result.rows_duplicate} duplicates, "
+        f"{result.rows_rejected} rejected in {result.seconds:.2f} s"
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.pass_obj
+def status(catalog: Catalog, as_json: bool) -> None:
+    """Show samples per dataset, ingest batches, embeddings, neighbours and scores."""
+    from catalog.render import print_json, print_status
+    from catalog.status import catalog_status
+
+    result = catalog_status(catalog)
+    print_json(result) if as_json else print_status(result)
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--csv", "output", flag_value="csv", help="Print CSV.")
+@click.option("--json", "output", flag_value="json", help="Print one JSON object per row.")
+@click.pass_obj
+def sql(catalog: Catalog, query: str, output: str | None) -> None:
+    """Run one read-only QUERY against the catalog (views: samples, rejects, ...)."""
+    from catalog.query import run_query
+    from catalog.render import print_arrow
+
+    print_arrow(run_query(catalog, query), output or "table")
+
+
+@cli.command()
+@click.pass_obj
+def upgrade(catalog: Catalog) -> None:
+    """Apply pending schema migrations (every command also does this when it opens the catalog)."""
+    from catalog.migrate import head_revision
+
+    catalog.require()
+    with catalog.write():
+        pass
+    click.echo(f"catalog {catalog.path} is at schema revision {head_revision()}")
+
+
+def main() -> None:
+    cli(prog_name="cli.py")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Alembic environment for the catalog schema; one revision per schema change."""

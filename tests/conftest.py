@@ -1,0 +1,43 @@
+"""Shared fixtures: real rows (tests/data, ../shared/data), temp catalogs, a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURE = REPO / "tests" / "data" / "mixed_180.jsonl"
+SHARED_DATA = Path(os.environ.get("MIWV_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def fixture_records() -> list[dict]:
+    """The 180 real Alpaca rows of the committed fixture."""
+    return [json.loads(line) for line in FIXTURE.read_text(encoding="utf-8").splitlines()]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def catalog_dir(tmp_path: Path) -> Path:
+    return tmp_path / "catalog"
+
+
+@pytest.fixture
+def cli_run(catalog_dir: Path):
+    """Run `cli.py --catalog <tmp> ARGS...` in-process; returns click's Result."""
+    from cli import cli
+
+    def run(*args: str):
+        return CliRunner().invoke(cli, ["--catalog", str(catalog_dir), *map(str, args)], catch_exceptions=False)
+
+    return run
