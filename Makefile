@@ -28,8 +28,12 @@ demo: $(STAMP)
 	@echo "--- the same files again: nothing new"
 	$(CLI) ingest $(DATA)/code_alpaca_2k.jsonl --dataset code_alpaca --skip-invalid
 	$(CLI) ingest $(DATA)/dolly_3k_alpagasus.jsonl --dataset dolly
-	$(CLI) status
 	$(CLI) sql "SELECT line, reason FROM rejects ORDER BY ingest_id, line"
+	$(CLI) embed
+	$(CLI) sql "SELECT s.user_text, t.user_text AS example, round(n.similarity, 3) AS similarity \
+	            FROM neighbours n JOIN samples s USING (sample_id) JOIN samples t ON t.sample_id = n.neighbour_id \
+	            USING SAMPLE 5 ROWS (reservoir, 42)"
+	$(CLI) status
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -89,6 +89,59 @@ def sql(catalog: Catalog, query: str, output: str | None) -> None:
     print_arrow(run_query(catalog, query), output or "table")
 
 
+def neighbour_search_options(command):
+    """--method and --exact-limit, shared by `embed` and `neighbours`."""
+    command = click.option("--exact-limit", type=click.IntRange(min=1), default=1_000_000, show_default=True,
+                           help="Largest catalog searched exactly under --method auto.")(command)
+    return click.option("--method", type=click.Choice(["auto", "exact", "ann"]), default="auto", show_default=True,
+                        help="Neighbour search: exact blocked products, LanceDB ANN (IVF_HNSW_SQ, re-ranked "
+                             "exactly), or exact up to --exact-limit samples.")(command)
+
+
+@cli.command()
+@click.option("--embedder", default="minilm", show_default=True,
+              help="Alias (minilm) or a local sentence-transformers / HF model folder.")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "max"]), default="mean", show_default=True,
+              help="Token pooling, recorded with the vectors (mean as in the paper, whatever the model's default).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@neighbour_search_options
+@click.pass_obj
+def embed(catalog: Catalog, embedder: str, pooling: str, device: str, batch_size: int, method: str,
+          exact_limit: int) -> None:
+    """Embed samples that lack a vector, then update nearest-neighbour links.
+
+    Only new samples are embedded; old samples get a new neighbour only where a new one is nearer.
+    """
+    from scoring.embed import embed_missing
+    from scoring.link import link_neighbours
+
+    embedded = embed_missing(catalog, embedder, pooling, device, batch_size)
+    click.echo(f"embedder {embedded.embedder.name} ({embedded.embedder.pooling} pooling, "
+               f"{embedded.embedder.dimension} dims): {embedded.embedded} embedded, {embedded.total} in all "
+               f"({embedded.seconds:.1f} s)")
+    _echo_links(link_neighbours(catalog, embedded.embedder, method=method, exact_limit=exact_limit))
+
+
+@cli.command()
+@click.option("--embedder", help="Embedder name, path or id (default: minilm, or the only one).")
+@click.option("--rebuild", is_flag=True, help="Recompute every link from scratch (writes only those that differ).")
+@neighbour_search_options
+@click.pass_obj
+def neighbours(catalog: Catalog, embedder: str | None, rebuild: bool, method: str, exact_limit: int) -> None:
+    """Update (or --rebuild) nearest-neighbour links of embedded samples."""
+    from catalog.embeddings import find_embedder
+    from scoring.link import link_neighbours
+
+    _echo_links(link_neighbours(catalog, find_embedder(catalog, embedder), rebuild, method, exact_limit))
+
+
+def _echo_links(result) -> None:
+    click.echo(f"neighbours ({result.embedder}, {result.method}, {result.mode}): {result.samples} samples, "
+               f"{result.new_samples} new, {result.changed} links written, {result.without_neighbour} without "
+               f"a neighbour ({result.seconds:.1f} s)")
+
+
 @cli.command()
 @click.pass_obj
 def upgrade(catalog: Catalog) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
@@ -24,6 +25,8 @@ def _cell(value: Any) -> str:
         return "NULL"
     if isinstance(value, float):
         return f"{value:.4f}"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     text = text.replace("\n", "⏎")
     return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"
@@ -77,6 +80,9 @@ def print_status(status: dict[str, Any]) -> None:
         "datasets": ("datasets (only_here: samples in no other dataset)", None),
         "ingests": ("ingest batches", ["ingest_id", "dataset", "file", "record_shape", "rows_read", "rows_new",
                                        "rows_duplicate", "rows_rejected", "finished_at"]),
+        "embedders": ("embedders (linked: has a nearest neighbour; changed_in_last_run: links the last "
+                      "neighbour run wrote)", ["embedder_id", "name", "pooling", "dimension", "embedded", "linked",
+                                               "without_neighbour", "not_linked", "changed_in_last_run"]),
     }
     for key, (title, columns) in sections.items():
         if status.get(key):

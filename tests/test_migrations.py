@@ -40,7 +40,18 @@ def seed_0001(conn) -> None:
     db.execute(conn, "INSERT INTO ingest_reject VALUES (1, 181, 'empty response', '{}')")
 
 
-SEEDS = {"0001": seed_0001}
+def seed_0002(conn) -> None:
+    """An embedder, a neighbour run, and a link for every seeded sample (its successor by id)."""
+    db.execute(conn, """INSERT INTO embedder VALUES (1, 'minilm', '/models/minilm', 384, 'mean', true, 256, 'f00d',
+                        '2026-11-02 10:00:00')""")
+    db.execute(conn, """INSERT INTO neighbour_run VALUES (1, 1, 'exact', 'full', 180, 180, 180,
+                        '2026-11-02 10:00:00', '2026-11-02 10:00:05')""")
+    db.execute(conn, """INSERT INTO neighbour_link
+                        SELECT sample_id, 1, lead(sample_id) OVER (ORDER BY sample_id), 0.5, 1, '2026-11-02 10:00:05'
+                        FROM sample""")
+
+
+SEEDS = {"0001": seed_0001, "0002": seed_0002}
 
 
 def revisions() -> list[tuple[str, str]]:

@@ -1,0 +1,99 @@
+"""Embedders registered in the catalog, and which samples still need a vector from each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from catalog import db
+from catalog.errors import UserError
+from catalog.store import Catalog
+from catalog.vectors import VectorTable
+
+DEFAULT_EMBEDDER = "minilm"
+
+
+@dataclass(frozen=True)
+class EmbedderRow:
+    """An embedder as the catalog records it."""
+
+    embedder_id: int
+    name: str
+    path: str
+    dimension: int
+    pooling: str
+    fingerprint: str
+    max_seq_length: int | None
+
+    def vectors(self, catalog: Catalog) -> VectorTable:
+        return VectorTable(catalog.vectors_path, self.embedder_id, self.dimension)
+
+
+_COLUMNS = "embedder_id, name, path, dimension, pooling, fingerprint, max_seq_length"
+
+
+def lookup_embedder(catalog: Catalog, fingerprint: str, pooling: str) -> EmbedderRow | None:
+    """The embedder with these model files and pooling, if the catalog has one."""
+    if not catalog.exists():
+        return None
+    with catalog.read() as conn:
+        rows = db.execute(conn, f"SELECT {_COLUMNS} FROM embedder WHERE fingerprint = $f AND pooling = $p",
+                          {"f": fingerprint, "p": pooling})
+    return EmbedderRow(*rows[0]) if rows else None
+
+
+def register_embedder(catalog: Catalog, name: str, path: str, dimension: int, pooling: str, fingerprint: str,
+                      max_seq_length: int | None) -> EmbedderRow:
+    """Record an embedder (or return the one with the same files and pooling)."""
+    with catalog.write() as conn:
+        rows = db.execute(conn, f"SELECT {_COLUMNS} FROM embedder WHERE fingerprint = $f AND pooling = $p",
+                          {"f": fingerprint, "p": pooling})
+        if rows:
+            return EmbedderRow(*rows[0])
+        embedder_id = db.execute(conn, "SELECT coalesce(max(embedder_id), 0) + 1 FROM embedder")[0][0]
+        db.execute(conn, """INSERT INTO embedder (embedder_id, name, path, dimension, pooling, normalized,
+                                                  max_seq_length, fingerprint, created_at)
+                            VALUES ($id, $name, $path, $dim, $pooling, true, $msl, $f, $now)""",
+                   {"id": embedder_id, "name": name, "path": path, "dim": dimension, "pooling": pooling,
+                    "msl": max_seq_length, "f": fingerprint, "now": db.utcnow()})
+    return EmbedderRow(embedder_id, name, path, dimension, pooling, fingerprint, max_seq_length)
+
+
+def find_embedder(catalog: Catalog, name: str | None = None) -> EmbedderRow:
+    """The embedder called `name` (alias, path or id), else the default one, else the only one."""
+    rows = embedders(catalog)
+    if not rows:
+        raise UserError(f"catalog {catalog.path} has no embeddings yet: run `python cli.py embed` first")
+    if name is not None:
+        matches = [r for r in rows if name in (r.name, r.path, str(r.embedder_id))]
+        if not matches:
+            raise UserError(f"no embedder {name!r} in the catalog; known: {', '.join(r.name for r in rows)}")
+        if len(matches) > 1:
+            listing = ", ".join(f"{r.embedder_id} ({r.pooling} pooling)" for r in matches)
+            raise UserError(f"embedder {name!r} is registered more than once: {listing}; pass its id")
+        return matches[0]
+    defaults = [r for r in rows if r.name == DEFAULT_EMBEDDER and r.pooling == "mean"]
+    if defaults:
+        return defaults[0]
+    if len(rows) == 1:
+        return rows[0]
+    raise UserError(f"the catalog has several embedders ({', '.join(r.name for r in rows)}); pass --embedder")
+
+
+def samples_to_embed(catalog: Catalog, embedded: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """(sample_ids, user texts) of samples without a vector, shortest text first."""
+    with catalog.read() as conn:
+        with db.registered(conn, "embedded", pa.table({"sample_id": pa.array(embedded, pa.int64())})):
+            table = db.query_arrow(conn, """
+                SELECT sample_id, user_text FROM sample
+                WHERE sample_id NOT IN (SELECT sample_id FROM embedded)
+                ORDER BY length(user_text), sample_id""")
+    return table["sample_id"].to_numpy(), table["user_text"].to_pylist()
+
+
+def embedders(catalog: Catalog) -> list[EmbedderRow]:
+    """Every registered embedder, oldest first."""
+    with catalog.read() as conn:
+        return [EmbedderRow(*r) for r in db.execute(conn, f"SELECT {_COLUMNS} FROM embedder ORDER BY embedder_id")]
