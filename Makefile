@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= ../shared/data
 DEMO ?= demo-catalog
+DEMO_SCORED ?= 300
 CLI := HF_HUB_OFFLINE=1 $(BIN)/python cli.py --catalog $(DEMO)
 
 .PHONY: demo test bench clean-demo
@@ -33,6 +34,9 @@ demo: $(STAMP)
 	$(CLI) sql "SELECT s.user_text, t.user_text AS example, round(n.similarity, 3) AS similarity \
 	            FROM neighbours n JOIN samples s USING (sample_id) JOIN samples t ON t.sample_id = n.neighbour_id \
 	            USING SAMPLE 5 ROWS (reservoir, 42)"
+	@echo "--- MIWV with SmolLM2-135M on CPU, for a fixed pseudo-random sample of $(DEMO_SCORED) samples"
+	$(CLI) score --model smollm2-135m --limit $(DEMO_SCORED)
+	$(CLI) sql "$$(cat examples/top_miwv.sql)"
 	$(CLI) status
 
 clean-demo:

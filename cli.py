@@ -76,7 +76,7 @@ def status(catalog: Catalog, as_json: bool) -> None:
     print_json(result) if as_json else print_status(result)
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})  # a query may start with an SQL comment: "-- ..."
 @click.argument("query")
 @click.option("--csv", "output", flag_value="csv", help="Print CSV.")
 @click.option("--json", "output", flag_value="json", help="Print one JSON object per row.")
@@ -140,6 +140,46 @@ def _echo_links(result) -> None:
     click.echo(f"neighbours ({result.embedder}, {result.method}, {result.mode}): {result.samples} samples, "
                f"{result.new_samples} new, {result.changed} links written, {result.without_neighbour} without "
                f"a neighbour ({result.seconds:.1f} s)")
+
+
+@cli.command()
+@click.option("--model", required=True, help="Alias (see `models`), a local HF model folder, or a .gguf file.")
+@click.option("--embedder", help="Whose neighbours are the one-shot examples (default: minilm, or the only one).")
+@click.option("--template", type=click.Choice(["chat", "alpaca"]),
+              help="Prompt format (default: chat when the tokenizer has a chat template, else alpaca).")
+@click.option("--max-length", type=click.IntRange(min=8), help="Longest sequence (default: the model's context, <= 4096).")
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Weights dtype (default: bfloat16 on CUDA, float32 on CPU); losses are float32 either way.")
+@click.option("--dataset", help="Score only this dataset's samples.")
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N pool samples by sample_id (a fixed pseudo-random sample).")
+@click.option("--token-budget", type=click.IntRange(min=1), help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA).")
+@click.option("--max-batch", type=click.IntRange(min=1), help="Sequences per batch (default: 16 on CPU, 128 on CUDA).")
+@click.pass_obj
+def score(catalog: Catalog, model: str, embedder: str | None, template: str | None, max_length: int | None, device: str,
+          dtype: str | None, dataset: str | None, limit: int | None, token_budget: int | None,
+          max_batch: int | None) -> None:
+    """Compute the MIWV losses of MODEL that are missing: zero-shot where absent, one-shot where
+    there is none for the sample's current neighbour. Interrupt and rerun at will."""
+    from scoring.score import score_catalog
+
+    result = score_catalog(catalog, model, embedder=embedder, template=template, max_length=max_length, device=device,
+                           dtype=dtype, dataset=dataset, limit=limit, token_budget=token_budget, max_batch=max_batch)
+    click.echo(f"scored {result.model} (scorer {result.scorer_id}, {result.template} template, max length "
+               f"{result.max_length}, {result.device}): pool {result.pool}, {result.samples} needed passes, "
+               f"{result.passes} passes ({result.unscorable} unscorable), {result.tokens_run} tokens run "
+               f"in {result.seconds:.1f} s")
+    if result.not_linked:
+        click.echo(f"{result.not_linked} pool samples have no neighbour link yet: run `python cli.py embed` first")
+
+
+@cli.command()
+def models() -> None:
+    """List model aliases and whether their weights are here."""
+    from catalog.render import print_rows
+    from scoring.models import describe_aliases
+
+    print_rows(describe_aliases(), title="model aliases (a local HF folder or a .gguf file also works as --model)")
 
 
 @cli.command()

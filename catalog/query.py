@@ -8,7 +8,7 @@ from catalog import db
 from catalog.errors import UserError
 from catalog.store import Catalog
 
-_ALLOWED = {"SELECT", "EXPLAIN"}
+READ_ONLY = ("SELECT", "EXPLAIN")
 
 
 def run_query(catalog: Catalog, sql: str) -> pa.Table:
@@ -18,24 +18,27 @@ def run_query(catalog: Catalog, sql: str) -> pa.Table:
     ATTACH, ...) are refused before they run.
     """
     with catalog.read() as conn:
-        native = db.raw(conn)
-        try:
-            statements = native.extract_statements(sql)
-        except Exception as error:  # duckdb raises ParserException subclasses of its own Error
-            raise UserError(f"cannot parse the query: {_first_line(error)}") from None
-        if len(statements) != 1:
-            raise UserError(f"`sql` runs exactly one statement; got {len(statements)}")
-        kind = statements[0].type.name
-        if kind not in _ALLOWED:
-            raise UserError(
-                f"`sql` is read-only: {kind} statements are refused. The catalog changes only through "
-                "ingest, embed, neighbours, score and select"
-            )
-        try:
-            return native.sql(sql).to_arrow_table()
-        except Exception as error:
-            raise UserError(f"query failed: {_first_line(error)}") from None
+        return run_read_only(conn, sql)
 
 
-def _first_line(error: Exception) -> str:
+def run_read_only(conn, sql: str, allowed: tuple[str, ...] = READ_ONLY) -> pa.Table:
+    """Run `sql` on `conn` if it is exactly one statement of an `allowed` kind; UserError otherwise."""
+    native = db.raw(conn)
+    try:
+        statements = native.extract_statements(sql)
+    except Exception as error:  # duckdb raises ParserException subclasses of its own Error
+        raise UserError(f"cannot parse the query: {first_line(error)}") from None
+    if len(statements) != 1:
+        raise UserError(f"expected exactly one SQL statement; got {len(statements)}")
+    kind = statements[0].type.name
+    if kind not in allowed:
+        raise UserError(f"read-only: {kind} statements are refused. The catalog changes only through "
+                        "ingest, embed, neighbours, score and select")
+    try:
+        return native.sql(sql).to_arrow_table()
+    except Exception as error:
+        raise UserError(f"query failed: {first_line(error)}") from None
+
+
+def first_line(error: Exception) -> str:
     return " ".join(str(error).split("\n")[:3]).strip()

@@ -83,6 +83,8 @@ def print_status(status: dict[str, Any]) -> None:
         "embedders": ("embedders (linked: has a nearest neighbour; changed_in_last_run: links the last "
                       "neighbour run wrote)", ["embedder_id", "name", "pooling", "dimension", "embedded", "linked",
                                                "without_neighbour", "not_linked", "changed_in_last_run"]),
+        "scores": ("scores per model (scored: MIWV defined; stale: scored with an earlier neighbour; "
+                   "unscored: not yet)", None),
     }
     for key, (title, columns) in sections.items():
         if status.get(key):

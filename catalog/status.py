@@ -1,4 +1,4 @@
-"""What the catalog holds: samples per dataset, ingest batches, embeddings and neighbour links."""
+"""What the catalog holds: samples per dataset, ingest batches, embeddings, neighbour links, scores."""
 
 from __future__ import annotations
 
@@ -35,7 +35,38 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
                        ) AS changed_in_last_run
                 FROM embedder e LEFT JOIN neighbour_link l USING (embedder_id)
                 GROUP BY ALL ORDER BY e.embedder_id""")],
+            "scores": _records(conn, _SCORES),
         }
+
+
+# Per scorer and embedder it ran with, over linked samples: MIWV defined (scored), never will be
+# (unscorable: too long, no neighbour), one-shot only for an earlier neighbour (stale: the
+# neighbour changed since), or not scored yet.
+_SCORES = """
+    WITH pairs AS (SELECT DISTINCT scorer_id, embedder_id FROM score_run),
+         any_one_shot AS (SELECT DISTINCT sample_id, scorer_id FROM one_shot_loss),
+         states AS (
+            SELECT p.scorer_id, p.embedder_id,
+                   CASE WHEN z.status <> 'ok' OR o.status <> 'ok' OR (z.status = 'ok' AND l.neighbour_id IS NULL)
+                             THEN 'unscorable'
+                        WHEN o.status = 'ok' THEN 'scored'
+                        WHEN a.sample_id IS NOT NULL THEN 'stale'
+                        ELSE 'unscored' END AS state
+            FROM pairs p
+            JOIN neighbour_link l ON l.embedder_id = p.embedder_id
+            LEFT JOIN zero_shot_loss z ON z.sample_id = l.sample_id AND z.scorer_id = p.scorer_id
+            LEFT JOIN one_shot_loss o
+                   ON o.sample_id = l.sample_id AND o.scorer_id = p.scorer_id AND o.neighbour_id = l.neighbour_id
+            LEFT JOIN any_one_shot a ON a.sample_id = l.sample_id AND a.scorer_id = p.scorer_id)
+    SELECT s.scorer_id, sc.model, sc.template, sc.max_length, e.name AS embedder,
+           count(*) FILTER (WHERE state = 'scored') AS scored,
+           count(*) FILTER (WHERE state = 'unscorable') AS unscorable,
+           count(*) FILTER (WHERE state = 'stale') AS stale,
+           count(*) FILTER (WHERE state = 'unscored') AS unscored,
+           (SELECT max(finished_at) FROM score_run r WHERE r.scorer_id = s.scorer_id) AS last_run
+    FROM states s JOIN scorer sc USING (scorer_id) JOIN embedder e USING (embedder_id)
+    GROUP BY ALL ORDER BY s.scorer_id, e.name
+"""
 
 
 def _records(conn, sql: str) -> list[dict[str, Any]]:

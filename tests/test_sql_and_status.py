@@ -45,7 +45,7 @@ def test_samples_view_has_the_documented_columns(filled, cli_run):
         ("INSERT INTO membership VALUES (1, 'x', 1, 1)", "INSERT statements are refused"),
         ("COPY sample TO 'out.csv'", "COPY statements are refused"),
         ("CREATE TABLE x (a INT)", "CREATE statements are refused"),
-        ("SELECT 1; DROP VIEW samples", "exactly one statement"),
+        ("SELECT 1; DROP VIEW samples", "exactly one SQL statement"),
         ("SELEC 1", "cannot parse the query"),
         ("SELECT nope FROM samples", "query failed"),
     ],

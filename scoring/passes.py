@@ -1,0 +1,140 @@
+"""Plan and run the zero-shot and one-shot passes of a group of samples.
+
+Every one-shot sequence (chat template) starts with its example's own zero-shot sequence:
+system prompt, the example's user turn, the generation prompt, the example's response. So
+the example's zero-shot pass is run once with its KV cache kept, and each one-shot pass
+that uses it runs only the tokens after it. Within a batch, leading tokens common to every
+row (the system prompt) are run once. A one-shot whose ids do not start with its example's
+zero-shot ids (a truncated example, a boundary that tokenises differently) runs whole.
+Results are the same as running every sequence alone, up to float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from catalog.scores import PassResult, PendingSample
+from scoring.batching import pack
+from scoring.losses import Past, Piece, extend
+from scoring.sequences import Sequence, SequenceBuilder, Unscorable
+
+MIN_SHARED = 8  # leading tokens worth running once per batch
+
+
+Emit = Callable[[list[PassResult], int], None]  # results of a batch, tokens run for them
+
+
+@dataclass(frozen=True)
+class _Pass:
+    kind: str
+    sample_id: int
+    neighbour_id: int | None
+    sequence: Sequence
+
+
+class PassRunner:
+    """Runs passes for one model.
+
+    Args:
+        model: the causal LM (eval mode, on its device).
+        builder: builds the sequences (tokenizer, template, max length).
+        pad_id: id used for padding (never attended to).
+        token_budget: padded tokens per batch (rows x longest row).
+        max_batch: rows per batch.
+        max_padding, min_tokens: how much padding a batch accepts (see batching.pack).
+    """
+
+    def __init__(self, model, builder: SequenceBuilder, pad_id: int, token_budget: int, max_batch: int,
+                 max_padding: float, min_tokens: int) -> None:
+        self.model, self.builder, self.pad_id = model, builder, pad_id
+        self.token_budget, self.max_batch = token_budget, max_batch
+        self.max_padding, self.min_tokens = max_padding, min_tokens
+
+    def run(self, targets: list[PendingSample], emit: Emit) -> None:
+        """Compute every pass `targets` need, calling `emit` after each batch."""
+        prefixes: dict[int, _Pass] = {}  # sample_id -> its zero-shot pass (targets' and examples')
+        continuations: dict[int, list[tuple[_Pass, Piece]]] = {}  # example sample_id -> one-shots continuing it
+        whole: list[_Pass] = []  # one-shots that run from scratch
+        unscorable: list[PassResult] = []
+        for target in targets:
+            zero = self.builder.zero_shot(target.messages)
+            if target.need_zero:
+                if isinstance(zero, Sequence):
+                    prefixes[target.sample_id] = _Pass("zero", target.sample_id, None, zero)
+                else:
+                    unscorable.append(PassResult("zero", target.sample_id, None, zero.status))
+            if not target.need_one:
+                continue
+            if isinstance(zero, Unscorable):
+                unscorable.append(PassResult("one", target.sample_id, target.neighbour_id, zero.status))
+                continue
+            one = self.builder.one_shot(target.messages, target.neighbour_messages)
+            if isinstance(one, Unscorable):
+                unscorable.append(PassResult("one", target.sample_id, target.neighbour_id, one.status))
+                continue
+            one_pass = _Pass("one", target.sample_id, target.neighbour_id, one)
+            example = prefixes.get(target.neighbour_id) or self._example_pass(target)
+            if example is not None and one.ids[: len(example.sequence.ids)] == example.sequence.ids:
+                prefixes[target.neighbour_id] = example
+                suffix = Piece(one.ids[len(example.sequence.ids) :], one.n_response)
+                continuations.setdefault(target.neighbour_id, []).append((one_pass, suffix))
+            else:
+                whole.append(one_pass)
+        if unscorable:
+            emit(unscorable, 0)
+        self._run_prefixes(list(prefixes.values()), continuations, emit)
+        for batch in self._batches(whole, lambda p: len(p.sequence.ids)):
+            sums, _, tokens = self._run_sequences(batch, keep=False)
+            emit([_result(p, s) for p, s in zip(batch, sums, strict=True)], tokens)
+
+    def _example_pass(self, target: PendingSample) -> _Pass | None:
+        zero = self.builder.zero_shot(target.neighbour_messages)
+        return _Pass("zero", target.neighbour_id, None, zero) if isinstance(zero, Sequence) else None
+
+    def _run_prefixes(self, prefixes: list[_Pass], continuations: dict, emit: Emit) -> None:
+        """Run prefix batches; after each, the one-shot passes continuing its rows."""
+        for batch in self._batches(prefixes, lambda p: len(p.sequence.ids)):
+            followers = [(row, one, suffix) for row, p in enumerate(batch)
+                         for one, suffix in continuations.get(p.sample_id, [])]
+            sums, past, tokens = self._run_sequences(batch, keep=bool(followers))
+            emit([_result(p, s) for p, s in zip(batch, sums, strict=True)], tokens)
+            for group in self._batches(followers, lambda f: len(f[2].ids)):
+                sums, _ = extend(self.model, [suffix for _, _, suffix in group], self.pad_id, past,
+                                 rows=[row for row, _, _ in group])
+                emit([_result(one, s) for (_, one, _), s in zip(group, sums, strict=True)],
+                     sum(len(suffix.ids) for _, _, suffix in group))
+
+    def _run_sequences(self, batch: list[_Pass], keep: bool) -> tuple[list[float], Past | None, int]:
+        """Run whole sequences; leading tokens shared by every row run once."""
+        sequences = [p.sequence for p in batch]
+        shared = _common_prefix(sequences)
+        if shared < MIN_SHARED or len(batch) == 1:
+            sums, past = extend(self.model, [Piece(s.ids, s.n_response) for s in sequences], self.pad_id, keep=keep)
+            return sums, past, sum(len(s.ids) for s in sequences)
+        _, head = extend(self.model, [Piece(sequences[0].ids[:shared])], self.pad_id, keep=True)
+        rest = [Piece(s.ids[shared:], s.n_response) for s in sequences]
+        sums, past = extend(self.model, rest, self.pad_id, head, rows=[0] * len(batch), keep=keep)
+        return sums, past, shared + sum(len(p.ids) for p in rest)
+
+    def _batches(self, items: list, length: Callable) -> list[list]:
+        return [[items[i] for i in batch]
+                for batch in pack([length(item) for item in items], self.token_budget, self.max_batch,
+                                  self.max_padding, self.min_tokens)]
+
+
+def _common_prefix(sequences: list[Sequence]) -> int:
+    """Leading ids shared by every sequence, stopping before any row's last prompt token
+    (that position predicts the first response token, so it must be in the scored part)."""
+    limit = min(len(s.ids) - s.n_response - 1 for s in sequences)
+    first = sequences[0].ids
+    shared = 0
+    while shared < limit and all(s.ids[shared] == first[shared] for s in sequences):
+        shared += 1
+    return shared
+
+
+def _result(item: _Pass, sum_nll: float) -> PassResult:
+    sequence = item.sequence
+    return PassResult(item.kind, item.sample_id, item.neighbour_id, "ok", sum_nll, sequence.n_response,
+                      len(sequence.ids), sequence.example_truncated)

@@ -1,0 +1,209 @@
+"""`score` with the real SmolLM2 on real rows: exact losses, batch invariance, incremental,
+resumable, and unscorable samples recorded as such (never 0.0)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+import pytest
+import torch
+
+from catalog import Catalog, db
+from tests.conftest import REPO, fixture_records, write_jsonl
+
+
+def scores(catalog_dir) -> dict[int, dict]:
+    with Catalog(catalog_dir).read() as conn:
+        rows = db.query_arrow(conn, "SELECT * FROM miwv_scores ORDER BY sample_id").to_pylist()
+    return {r["sample_id"]: r for r in rows}
+
+
+def prepare(tmp_path, cli_run, records) -> None:
+    assert cli_run("ingest", write_jsonl(tmp_path / "rows.jsonl", records), "--dataset", "mix").exit_code == 0
+    assert cli_run("embed").exit_code == 0
+
+
+def contract_loss(smollm2, user_turns: list[tuple[str, str]], response: str) -> float:
+    """The documented contract, computed here from scratch: chat template of the turns with the
+    generation prompt, then tokenizer(response) appended; HF's loss over the response only."""
+    _, tokenizer, model = smollm2
+    prompt = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in user_turns],
+                                           add_generation_prompt=True, tokenize=True, return_dict=False)
+    target = tokenizer(response, add_special_tokens=False).input_ids
+    ids = torch.tensor([list(prompt) + target])
+    labels = ids.clone()
+    labels[0, : len(prompt)] = -100
+    with torch.inference_mode():
+        return model(input_ids=ids, labels=labels).loss.item()
+
+
+def test_scores_equal_the_contract_computed_independently(tmp_path, cli_run, catalog_dir, smollm2):
+    records = fixture_records()[::6]  # 30 rows across the four sources
+    prepare(tmp_path, cli_run, records)
+    result = cli_run("score", "--model", "smollm2-135m")
+    assert result.exit_code == 0, result.output
+    assert "pool 30, 30 needed passes" in result.output
+    rows = scores(catalog_dir)
+    assert len(rows) == 30 and all(r["status"] == "ok" for r in rows.values())
+    with Catalog(catalog_dir).read() as conn:
+        text = dict(db.execute(conn, "SELECT sample_id, user_text FROM samples"))
+        response = dict(db.execute(conn, "SELECT sample_id, response FROM samples"))
+    for sample_id, row in list(rows.items())[:8]:
+        neighbour = row["neighbour_id"]
+        zero = contract_loss(smollm2, [("user", text[sample_id])], response[sample_id])
+        one = contract_loss(smollm2, [("user", text[neighbour]), ("assistant", response[neighbour]),
+                                      ("user", text[sample_id])], response[sample_id])
+        assert abs(row["zero_shot_loss"] - zero) < 1e-4
+        assert abs(row["one_shot_loss"] - one) < 1e-4
+        assert row["miwv"] == row["one_shot_loss"] - row["zero_shot_loss"]
+    assert cli_run("score", "--model", "smollm2-135m").output.count("0 needed passes") == 1  # nothing left
+
+
+def test_miwv_does_not_depend_on_batch_size(tmp_path, cli_run, catalog_dir):
+    prepare(tmp_path, cli_run, fixture_records()[1::9])
+    copy = tmp_path / "copy"
+    shutil.copytree(catalog_dir, copy)
+    assert cli_run("score", "--model", "smollm2-135m", "--max-batch", "8").exit_code == 0
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    single = CliRunner().invoke(cli, ["--catalog", str(copy), "score", "--model", "smollm2-135m", "--max-batch", "1"])
+    assert single.exit_code == 0, single.output
+    batched, alone = scores(catalog_dir), scores(copy)
+    assert batched.keys() == alone.keys() and len(batched) == 20
+    assert max(abs(batched[s]["miwv"] - alone[s]["miwv"]) for s in batched) < 1e-4
+
+
+def test_incremental_scoring_computes_only_new_and_changed_samples(tmp_path, cli_run, catalog_dir):
+    records = fixture_records()[::4]  # 45 rows
+    first, second = records[:25], records[25:]
+    prepare(tmp_path, cli_run, first)
+    cli_run("score", "--model", "smollm2-135m")
+    before = {s: r["neighbour_id"] for s, r in scores(catalog_dir).items()}
+    cli_run("ingest", write_jsonl(tmp_path / "more.jsonl", second), "--dataset", "mix")
+    cli_run("embed")
+    with Catalog(catalog_dir).read() as conn:
+        links = dict(db.execute(conn, "SELECT sample_id, neighbour_id FROM neighbours"))
+    changed = {s for s, n in before.items() if links[s] != n}
+    assert changed, "adding 20 samples should change some old neighbours"
+    result = cli_run("score", "--model", "smollm2-135m")
+    assert f"pool 45, {20 + len(changed)} needed passes" in result.output
+    with Catalog(catalog_dir).read() as conn:
+        zero_run2 = db.execute(conn, "SELECT count(*) FROM zero_shot_loss WHERE run_id = 2")[0][0]
+        one_run2 = {r[0] for r in db.execute(conn, "SELECT sample_id FROM one_shot_loss WHERE run_id = 2")}
+    assert zero_run2 == 20  # new samples only
+    assert one_run2 == (set(links) - set(before)) | changed
+
+    # From scratch on the same links: the same view, up to float noise.
+    scratch = tmp_path / "scratch"
+    shutil.copytree(catalog_dir, scratch)
+    with duckdb.connect(str(scratch / "catalog.duckdb")) as con:
+        for table in ("zero_shot_loss", "one_shot_loss", "score_run", "scorer"):
+            con.execute(f"DELETE FROM {table}")
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    assert CliRunner().invoke(cli, ["--catalog", str(scratch), "score", "--model", "smollm2-135m"]).exit_code == 0
+    incremental, fresh = scores(catalog_dir), scores(scratch)
+    assert incremental.keys() == fresh.keys() and len(fresh) == 45
+    for s in fresh:
+        assert incremental[s]["neighbour_id"] == fresh[s]["neighbour_id"]
+        assert abs(incremental[s]["miwv"] - fresh[s]["miwv"]) < 1e-4
+
+
+def test_unscorable_samples_are_recorded_with_null_losses(tmp_path, cli_run, catalog_dir):
+    rows = fixture_records()
+    short = [r for r in rows if len(r["instruction"]) + len(r["output"]) < 150][:6]
+    long = [r for r in rows if len(r["output"]) > 2000][:3]
+    lone = {"instruction": "Zqxj vlorp?", "input": "", "output": "Blarg."}
+    prepare(tmp_path, cli_run, short + long)
+    result = cli_run("score", "--model", "smollm2-135m", "--max-length", "150")
+    assert result.exit_code == 0, result.output
+    view = scores(catalog_dir)
+    statuses = {r["status"] for r in view.values()}
+    assert "too_long" in statuses and statuses <= {"ok", "too_long", "too_long_one_shot"}
+    for row in view.values():
+        if row["status"] == "too_long":
+            assert row["zero_shot_loss"] is None and row["one_shot_loss"] is None and row["miwv"] is None
+        if row["status"] == "too_long_one_shot":
+            assert row["zero_shot_loss"] is not None and row["one_shot_loss"] is None
+        if row["status"] == "ok":
+            assert row["miwv"] is not None
+    with Catalog(catalog_dir).read() as conn:
+        assert db.execute(conn, "SELECT count(*) FROM zero_shot_loss WHERE loss = 0")[0][0] == 0
+
+    # A sample alone (a fresh catalog with one row): zero-shot scored, status no_neighbour.
+    alone_dir = tmp_path / "alone"
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    def run(*args):
+        return CliRunner().invoke(cli, ["--catalog", str(alone_dir), *args])
+
+    run("ingest", str(write_jsonl(tmp_path / "lone.jsonl", [lone])))
+    run("embed")
+    assert run("score", "--model", "smollm2-135m").exit_code == 0
+    (row,) = scores(alone_dir).values()
+    assert row["status"] == "no_neighbour" and row["neighbour_id"] is None and row["miwv"] is None
+    assert row["zero_shot_loss"] > 0
+
+
+def test_an_interrupted_score_resumes_without_duplicates(tmp_path, catalog_dir, cli_run):
+    prepare(tmp_path, cli_run, fixture_records()[::3])  # 60 rows
+    env = {**os.environ, "MIWV_CATALOG": str(catalog_dir)}
+    command = [sys.executable, str(REPO / "cli.py"), "score", "--model", "smollm2-135m"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    catalog = Catalog(catalog_dir, busy_timeout=30)
+    deadline = time.monotonic() + 240
+    committed = 0
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(1)
+        with catalog.read() as conn:
+            committed = db.execute(conn, "SELECT count(*) FROM one_shot_loss")[0][0]
+        if committed >= 10:
+            break
+    assert process.poll() is None, "score finished before it could be interrupted"
+    process.send_signal(signal.SIGINT if committed % 2 else signal.SIGKILL)
+    process.wait()
+    with catalog.read() as conn:
+        interrupted = db.execute(conn, "SELECT count(*) FROM one_shot_loss")[0][0]
+        run = db.execute(conn, "SELECT finished_at FROM score_run WHERE run_id = 1")[0][0]
+    assert 10 <= interrupted < 60 and run is None
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    with catalog.read() as conn:
+        ones, distinct = db.execute(conn, "SELECT count(*), count(DISTINCT sample_id) FROM one_shot_loss")[0]
+        scored = db.execute(conn, "SELECT count(*) FROM miwv_scores WHERE status = 'ok'")[0][0]
+    assert ones == distinct == 60 and scored == 60
+    status = json.loads(cli_run("status", "--json").output)["scores"]
+    assert [(s["model"], s["scored"], s["stale"], s["unscored"]) for s in status] == [("smollm2-135m", 60, 0, 0)]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--model", "no-such-model"], "neither an alias (smollm2-135m, qwen2.5-7b"),
+        (["--model", "qwen2.5-7b"], "Qwen/Qwen2.5-7B is not in the local Hugging Face cache"),
+        (["--model", "smollm2-135m", "--embedder", "bge"], "no embedder 'bge' in the catalog"),
+    ],
+)
+def test_score_errors_are_one_clear_line(tmp_path, cli_run, args, message):
+    prepare(tmp_path, cli_run, fixture_records()[:3])
+    result = cli_run("score", *args)
+    assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
+
+
+def test_score_before_embed_says_what_to_run(tmp_path, cli_run):
+    cli_run("ingest", write_jsonl(tmp_path / "rows.jsonl", fixture_records()[:3]))
+    result = cli_run("score", "--model", "smollm2-135m")
+    assert result.exit_code == 1 and "run `python cli.py embed` first" in result.output
