@@ -38,6 +38,10 @@ demo: $(STAMP)
 	$(CLI) score --model smollm2-135m --limit $(DEMO_SCORED)
 	$(CLI) sql "$$(cat examples/top_miwv.sql)"
 	$(CLI) status
+	@echo "--- the top 10% of the scored sample by MIWV, written for a trainer, and the distribution report"
+	$(CLI) select --model smollm2-135m --top-percent 10 --where "sample_id IN (SELECT sample_id FROM miwv_scores)" \
+	    --out demo-out/top30.jsonl --with-scores --show-sql
+	$(CLI) report --model smollm2-135m --out demo-out/report
 
 clean-demo:
 	rm -rf $(DEMO)

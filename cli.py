@@ -182,6 +182,88 @@ def models() -> None:
     print_rows(describe_aliases(), title="model aliases (a local HF folder or a .gguf file also works as --model)")
 
 
+@cli.command("select")
+@click.option("--model", help="Whose scores rank the pool (required except for --strategy random).")
+@click.option("--top-percent", type=click.FloatRange(min=0, min_open=True, max=100),
+              help="Keep K% of the pool size (rounded half up, at least 1).")
+@click.option("--top-k", type=click.IntRange(min=1), help="Keep K samples.")
+@click.option("--strategy", type=click.Choice(["miwv", "random", "low-miwv", "zero-shot-loss", "one-shot-loss"]),
+              default="miwv", show_default=True, help="Ranking: the paper's MIWV, or an ablation baseline.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of --strategy random.")
+@click.option("--dataset", help="Pool: samples of this dataset (default: the whole catalog).")
+@click.option("--where", help="Pool: an SQL condition on the `samples` view, e.g. \"n_turns = 1\".")
+@click.option("--embedder", help="Whose neighbours the scores used (default: minilm, or the only one).")
+@click.option("--scorer", "scorer_id", type=int, help="Which scorer of --model (default: its newest).")
+@click.option("--out", type=click.Path(), help="Write the samples: .jsonl, .parquet, or a folder (HF datasets).")
+@click.option("--format", "file_format", type=click.Choice(["jsonl", "parquet", "hf"]), help="Override the format --out implies.")
+@click.option("--shape", type=click.Choice(["alpaca", "messages"]),
+              help="Alpaca fields or a messages list (default: alpaca when every sample has them).")
+@click.option("--with-scores", is_flag=True, help="Add miwv, zero_shot_loss, one_shot_loss, neighbour_similarity.")
+@click.option("--show-sql", is_flag=True, help="Print the selection query (run it yourself with `cli.py sql`).")
+@click.pass_obj
+def select_command(catalog: Catalog, model: str | None, top_percent: float | None, top_k: int | None, strategy: str,
+                   seed: int, dataset: str | None, where: str | None, embedder: str | None, scorer_id: int | None,
+                   out: str | None, file_format: str | None, shape: str | None, with_scores: bool,
+                   show_sql: bool) -> None:
+    """Select the top K% (or K) of a pool, record the selection, and optionally write it out."""
+    from catalog.selection import Request, select
+
+    scorer, links = _scores_for(catalog, model, scorer_id, embedder, required=strategy != "random")
+    request = Request(strategy, top_k, top_percent, dataset, where, seed, scorer, links)
+    selection, exported = select(catalog, request, out, file_format, shape, with_scores)
+    if show_sql:
+        click.echo(selection.sql + ";")
+    excluded = ", ".join(f"{count} {reason}" for reason, count in sorted(selection.excluded.items())) or "none"
+    click.echo(f"selection {selection.selection_id} ({strategy}): pool {selection.pool_size}, eligible "
+               f"{selection.eligible} (excluded: {excluded}), selected {len(selection.sample_ids)}")
+    if exported:
+        click.echo(f"wrote {exported.rows} samples ({exported.shape}, {exported.file_format}) to {exported.path}")
+
+
+def _scores_for(catalog: Catalog, model: str | None, scorer_id: int | None, embedder: str | None,
+                required: bool) -> tuple[int | None, int | None]:
+    """(scorer_id, embedder_id) for --model/--scorer/--embedder; (None, None) when no model is named."""
+    from catalog.embeddings import find_embedder
+    from catalog.scores import find_scorer
+
+    if model is None:
+        if required:
+            raise UserError("--model is required (whose scores rank the pool), except for --strategy random")
+        return None, None
+    return find_scorer(catalog, model, scorer_id).scorer_id, find_embedder(catalog, embedder).embedder_id
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_obj
+def selections(catalog: Catalog, as_json: bool) -> None:
+    """List recorded selections (their samples: the selection_member table)."""
+    from catalog.render import print_json, print_rows
+    from catalog.selection import list_selections
+
+    rows = list_selections(catalog)
+    columns = ["selection_id", "strategy", "model", "top_k", "top_percent", "dataset", "pool_size", "eligible",
+               "selected", "output", "created_at"]
+    print_json(rows) if as_json else print_rows(rows, title="selections (newest first)", columns=columns)
+
+
+@cli.command()
+@click.option("--model", required=True)
+@click.option("--embedder", help="Whose neighbours the scores used (default: minilm, or the only one).")
+@click.option("--scorer", "scorer_id", type=int, help="Which scorer of --model (default: its newest).")
+@click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True)
+@click.pass_obj
+def report(catalog: Catalog, model: str, embedder: str | None, scorer_id: int | None, out: str) -> None:
+    """Write MIWV histograms and a per-dataset summary (summary.md) to --out, and print the summary."""
+    from catalog.render import print_rows
+    from catalog.report import write_report
+
+    scorer, links = _scores_for(catalog, model, scorer_id, embedder, required=True)
+    result = write_report(catalog, scorer, links, model, out)
+    print_rows(result.summary, title=f"MIWV of {model} per dataset")
+    click.echo("wrote " + ", ".join(str(path) for path in result.files))
+
+
 @cli.command()
 @click.pass_obj
 def upgrade(catalog: Catalog) -> None:

@@ -64,7 +64,16 @@ def seed_0003(conn) -> None:
                         FROM neighbour_link WHERE neighbour_id IS NOT NULL""")
 
 
-SEEDS = {"0001": seed_0001, "0002": seed_0002, "0003": seed_0003}
+def seed_0004(conn) -> None:
+    """A recorded selection of the 18 seeded samples with the highest MIWV."""
+    db.execute(conn, """INSERT INTO selection VALUES (1, 'smollm2-135m', 1, 'minilm', 'miwv', NULL, 10.0, NULL, NULL,
+                        NULL, 180, 180, 18, 'WITH pool AS (...) SELECT ...', '/tmp/top.jsonl', '2026-11-04 10:00:00')""")
+    db.execute(conn, """INSERT INTO selection_member
+                        SELECT 1, sample_id, row_number() OVER (ORDER BY sample_id), -0.5
+                        FROM sample ORDER BY sample_id LIMIT 18""")
+
+
+SEEDS = {"0001": seed_0001, "0002": seed_0002, "0003": seed_0003, "0004": seed_0004}
 
 
 def revisions() -> list[tuple[str, str]]:

@@ -1,0 +1,152 @@
+"""Selecting the top K% (or top K) of a pool by MIWV or an ablation strategy, as one SQL query
+over the public views, recorded so the subset can be reproduced and diffed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from catalog import db
+from catalog.errors import UserError
+from catalog.export import Exported, export_samples
+from catalog.query import run_read_only
+from catalog.store import Catalog
+
+# strategy -> (miwv_scores column ranked on, direction); random needs no scores
+STRATEGIES = {
+    "miwv": ("miwv", "DESC"),
+    "low-miwv": ("miwv", "ASC"),
+    "zero-shot-loss": ("zero_shot_loss", "DESC"),
+    "one-shot-loss": ("one_shot_loss", "DESC"),
+    "random": None,
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to select.
+
+    Exactly one of top_k / top_percent. K% is taken of the pool size (every pool sample,
+    scored or not), rounded half up, at least 1. Ties go to the smaller sample_id.
+    """
+
+    strategy: str = "miwv"
+    top_k: int | None = None
+    top_percent: float | None = None
+    dataset: str | None = None
+    where: str | None = None  # an SQL condition on the `samples` view
+    seed: int = 0  # random strategy only
+    scorer_id: int | None = None  # scored strategies: whose scores, with whose neighbours
+    embedder_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    selection_id: int
+    sql: str
+    pool_size: int
+    eligible: int  # pool samples the strategy can rank
+    excluded: dict[str, int]  # pool samples it cannot, by reason
+    sample_ids: list[int]  # ranked
+    scores: list[float | None]
+
+
+def selection_sql(request: Request) -> str:
+    """The query that makes the selection: copy it, adapt it, run it with `cli.py sql`."""
+    if request.strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {request.strategy!r}; use one of {', '.join(STRATEGIES)}")
+    if (request.top_k is None) == (request.top_percent is None):
+        raise UserError("give exactly one of --top-k and --top-percent")
+    if request.strategy == "random":
+        ranked = "SELECT sample_id, NULL::DOUBLE AS score FROM pool"
+        order = f"md5(sample_id::VARCHAR || ':{int(request.seed)}')"
+    else:
+        column, direction = STRATEGIES[request.strategy]
+        ranked = (f"SELECT sample_id, m.{column} AS score\n"
+                  f"    FROM pool JOIN miwv_scores m USING (sample_id)\n"
+                  f"    WHERE {_scores_of(request)} AND m.status = 'ok'")
+        order = f"score {direction}, sample_id"
+    if request.top_k is not None:
+        limit = str(int(request.top_k))
+    else:
+        limit = f"(SELECT greatest(1, floor(count(*) * {float(request.top_percent)!r} / 100 + 0.5))::BIGINT FROM pool)"
+    return (f"WITH {_pool(request)},\nranked AS (\n    {ranked}\n)\n"
+            f"SELECT sample_id, score\nFROM ranked\nORDER BY {order}\nLIMIT {limit}")
+
+
+def select(catalog: Catalog, request: Request, out: str | Path | None = None, file_format: str | None = None,
+           shape: str | None = None, with_scores: bool = False) -> tuple[Selection, Exported | None]:
+    """Run the selection query read-only (--where is user SQL), write the samples to `out` (if
+    given; see catalog.export), then record the selection and its ranked members in one
+    transaction. A failure at any step records nothing and leaves `out` as it was.
+    """
+    sql = selection_sql(request)
+    with catalog.read() as conn:
+        try:
+            chosen = run_read_only(conn, sql, allowed=("SELECT",))
+        except UserError as error:
+            raise UserError(f"--where {request.where!r} is not one SQL condition on the `samples` view "
+                            f"({error})") if request.where else error from None
+        reasons = dict(db.execute(conn, _eligibility_sql(request)))
+    pool_size = sum(reasons.values())
+    eligible = reasons.pop("eligible", 0)
+    exported = None
+    if out is not None:
+        exported = export_samples(catalog, chosen["sample_id"].to_pylist(), out, file_format, shape, with_scores,
+                                  request.scorer_id, request.embedder_id)
+    with catalog.write() as conn:
+        selection_id = db.execute(conn, "SELECT coalesce(max(selection_id), 0) + 1 FROM selection")[0][0]
+        db.execute(conn, """INSERT INTO selection VALUES ($id, (SELECT model FROM scorer WHERE scorer_id = $scorer),
+                                   $scorer, (SELECT name FROM embedder WHERE embedder_id = $embedder), $strategy,
+                                   $top_k, $top_percent, $seed, $dataset, $where, $pool, $eligible, $selected,
+                                   $sql, $output, $now)""",
+                   {"id": selection_id, "scorer": request.scorer_id, "embedder": request.embedder_id,
+                    "strategy": request.strategy, "top_k": request.top_k, "top_percent": request.top_percent,
+                    "seed": request.seed if request.strategy == "random" else None, "dataset": request.dataset,
+                    "where": request.where, "pool": pool_size, "eligible": eligible, "selected": chosen.num_rows,
+                    "sql": sql, "output": str(exported.path.resolve()) if exported else None, "now": db.utcnow()})
+        db.insert_arrow(conn, "selection_member", pa.table({
+            "selection_id": pa.array([selection_id] * chosen.num_rows, pa.int32()),
+            "sample_id": chosen["sample_id"],
+            "rank": pa.array(range(1, chosen.num_rows + 1), pa.int32()),
+            "score": chosen["score"].cast(pa.float64()),
+        }))
+    return Selection(selection_id, sql, pool_size, eligible, reasons, chosen["sample_id"].to_pylist(),
+                     chosen["score"].to_pylist()), exported
+
+
+def list_selections(catalog: Catalog) -> list[dict]:
+    """Every recorded selection, newest first."""
+    with catalog.read() as conn:
+        return db.query_arrow(conn, """
+            SELECT selection_id, strategy, model, embedder, top_k, top_percent, seed, dataset, pool_where,
+                   pool_size, eligible, selected, output, strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at
+            FROM selection ORDER BY selection_id DESC""").to_pylist()
+
+
+def _pool(request: Request) -> str:
+    conditions = []
+    if request.dataset is not None:
+        conditions.append("list_contains(datasets, '" + request.dataset.replace("'", "''") + "')")
+    if request.where:
+        conditions.append(f"({request.where})")
+    where = f"\n    WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"pool AS (\n    SELECT sample_id FROM samples{where}\n)"
+
+
+def _scores_of(request: Request) -> str:
+    return f"m.scorer_id = {int(request.scorer_id)} AND m.embedder_id = {int(request.embedder_id)}"
+
+
+def _eligibility_sql(request: Request) -> str:
+    """Pool samples per reason: 'eligible', a miwv_scores status, or 'not scored' (none yet, or stale)."""
+    if request.strategy == "random":
+        return f"WITH {_pool(request)}\nSELECT 'eligible', count(*) FROM pool"
+    column, _ = STRATEGIES[request.strategy]
+    return f"""WITH {_pool(request)}
+        SELECT CASE WHEN m.status = 'ok' AND m.{column} IS NOT NULL THEN 'eligible'
+                    ELSE coalesce(m.status, 'not scored') END, count(*)
+        FROM pool LEFT JOIN miwv_scores m ON m.sample_id = pool.sample_id AND {_scores_of(request)}
+        GROUP BY 1"""
