@@ -8,7 +8,7 @@ DEMO ?= demo-catalog
 DEMO_SCORED ?= 300
 CLI := HF_HUB_OFFLINE=1 $(BIN)/python cli.py --catalog $(DEMO)
 
-.PHONY: demo test bench clean-demo
+.PHONY: demo test lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 demo: $(STAMP)
 	$(CLI) ingest $(DATA)/code_alpaca_2k.jsonl --dataset code_alpaca --skip-invalid

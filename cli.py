@@ -5,7 +5,6 @@ Each command parses its arguments and calls the library (catalog/, scoring/).
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -29,8 +28,15 @@ class Cli(click.Group):
 
 
 @click.group(cls=Cli)
-@click.option("--catalog", "catalog_path", envvar="MIWV_CATALOG", default=DEFAULT_PATH, show_default=True,
-              type=click.Path(file_okay=False), help="Catalog directory (env MIWV_CATALOG).")
+@click.option(
+    "--catalog",
+    "catalog_path",
+    envvar="MIWV_CATALOG",
+    default=DEFAULT_PATH,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Catalog directory (env MIWV_CATALOG).",
+)
 @click.pass_context
 def cli(ctx: click.Context, catalog_path: str) -> None:
     """SQL-backed, incremental MIWV data selection."""
@@ -40,11 +46,15 @@ def cli(ctx: click.Context, catalog_path: str) -> None:
 @cli.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--dataset", help="Dataset the rows belong to (default: the file name without extensions).")
-@click.option("--format", "shape", type=click.Choice(SHAPES), help="Record shape (default: detected from the first record).")
+@click.option(
+    "--format", "shape", type=click.Choice(SHAPES), help="Record shape (default: detected from the first record)."
+)
 @click.option("--skip-invalid", is_flag=True, help="Ingest the valid rows; record invalid ones in the `rejects` view.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
-def ingest(catalog: Catalog, path: str, dataset: str | None, shape: str | None, skip_invalid: bool, as_json: bool) -> None:
+def ingest(
+    catalog: Catalog, path: str, dataset: str | None, shape: str | None, skip_invalid: bool, as_json: bool
+) -> None:
     """Add the samples of PATH (.jsonl, .json, .parquet, .csv; text formats may be .gz) to the catalog.
 
     The file is ingested whole or not at all. Samples already in the catalog (same content)
@@ -53,7 +63,7 @@ def ingest(catalog: Catalog, path: str, dataset: str | None, shape: str | None, 
     from catalog.ingest import ingest_file
     from catalog.render import print_json
 
-    result = ingest_file(catalog, path, dataset or os.path.basename(path).split(".")[0], shape, skip_invalid)
+    result = ingest_file(catalog, path, dataset, shape, skip_invalid)
     if as_json:
         print_json(result.as_dict())
         return
@@ -82,7 +92,7 @@ def status(catalog: Catalog, as_json: bool) -> None:
 @click.option("--json", "output", flag_value="json", help="Print one JSON object per row.")
 @click.pass_obj
 def sql(catalog: Catalog, query: str, output: str | None) -> None:
-    """Run one read-only QUERY against the catalog (views: samples, rejects, ...)."""
+    """Run one read-only QUERY against the catalog (views: samples, rejects, neighbours, miwv_scores)."""
     from catalog.query import run_query
     from catalog.render import print_arrow
 
@@ -91,24 +101,44 @@ def sql(catalog: Catalog, query: str, output: str | None) -> None:
 
 def neighbour_search_options(command):
     """--method and --exact-limit, shared by `embed` and `neighbours`."""
-    command = click.option("--exact-limit", type=click.IntRange(min=1), default=1_000_000, show_default=True,
-                           help="Largest catalog searched exactly under --method auto.")(command)
-    return click.option("--method", type=click.Choice(["auto", "exact", "ann"]), default="auto", show_default=True,
-                        help="Neighbour search: exact blocked products, LanceDB ANN (IVF_HNSW_SQ, re-ranked "
-                             "exactly), or exact up to --exact-limit samples.")(command)
+    command = click.option(
+        "--exact-limit",
+        type=click.IntRange(min=1),
+        default=1_000_000,
+        show_default=True,
+        help="Largest catalog searched exactly under --method auto.",
+    )(command)
+    return click.option(
+        "--method",
+        type=click.Choice(["auto", "exact", "ann"]),
+        default="auto",
+        show_default=True,
+        help="Neighbour search: exact blocked products, LanceDB ANN (IVF_HNSW_SQ, re-ranked "
+        "exactly), or exact up to --exact-limit samples.",
+    )(command)
 
 
 @cli.command()
-@click.option("--embedder", default="minilm", show_default=True,
-              help="Alias (minilm) or a local sentence-transformers / HF model folder.")
-@click.option("--pooling", type=click.Choice(["mean", "cls", "max"]), default="mean", show_default=True,
-              help="Token pooling, recorded with the vectors (mean as in the paper, whatever the model's default).")
+@click.option(
+    "--embedder",
+    default="minilm",
+    show_default=True,
+    help="Alias (minilm) or a local sentence-transformers / HF model folder.",
+)
+@click.option(
+    "--pooling",
+    type=click.Choice(["mean", "cls", "max"]),
+    default="mean",
+    show_default=True,
+    help="Token pooling, recorded with the vectors (mean as in the paper, whatever the model's default).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @neighbour_search_options
 @click.pass_obj
-def embed(catalog: Catalog, embedder: str, pooling: str, device: str, batch_size: int, method: str,
-          exact_limit: int) -> None:
+def embed(
+    catalog: Catalog, embedder: str, pooling: str, device: str, batch_size: int, method: str, exact_limit: int
+) -> None:
     """Embed samples that lack a vector, then update nearest-neighbour links.
 
     Only new samples are embedded; old samples get a new neighbour only where a new one is nearer.
@@ -117,9 +147,11 @@ def embed(catalog: Catalog, embedder: str, pooling: str, device: str, batch_size
     from scoring.link import link_neighbours
 
     embedded = embed_missing(catalog, embedder, pooling, device, batch_size)
-    click.echo(f"embedder {embedded.embedder.name} ({embedded.embedder.pooling} pooling, "
-               f"{embedded.embedder.dimension} dims): {embedded.embedded} embedded, {embedded.total} in all "
-               f"({embedded.seconds:.1f} s)")
+    click.echo(
+        f"embedder {embedded.embedder.name} ({embedded.embedder.pooling} pooling, "
+        f"{embedded.embedder.dimension} dims): {embedded.embedded} embedded, {embedded.total} in all "
+        f"({embedded.seconds:.1f} s)"
+    )
     _echo_links(link_neighbours(catalog, embedded.embedder, method=method, exact_limit=exact_limit))
 
 
@@ -137,38 +169,77 @@ def neighbours(catalog: Catalog, embedder: str | None, rebuild: bool, method: st
 
 
 def _echo_links(result) -> None:
-    click.echo(f"neighbours ({result.embedder}, {result.method}, {result.mode}): {result.samples} samples, "
-               f"{result.new_samples} new, {result.changed} links written, {result.without_neighbour} without "
-               f"a neighbour ({result.seconds:.1f} s)")
+    click.echo(
+        f"neighbours ({result.embedder}, {result.method}, {result.mode}): {result.samples} samples, "
+        f"{result.new_samples} new, {result.changed} links written, {result.without_neighbour} without "
+        f"a neighbour ({result.seconds:.1f} s)"
+    )
 
 
 @cli.command()
 @click.option("--model", required=True, help="Alias (see `models`), a local HF model folder, or a .gguf file.")
 @click.option("--embedder", help="Whose neighbours are the one-shot examples (default: minilm, or the only one).")
-@click.option("--template", type=click.Choice(["chat", "alpaca"]),
-              help="Prompt format (default: chat when the tokenizer has a chat template, else alpaca).")
-@click.option("--max-length", type=click.IntRange(min=8), help="Longest sequence (default: the model's context, <= 4096).")
+@click.option(
+    "--template",
+    type=click.Choice(["chat", "alpaca"]),
+    help="Prompt format (default: chat when the tokenizer has a chat template, else alpaca).",
+)
+@click.option(
+    "--max-length", type=click.IntRange(min=8), help="Longest sequence (default: the model's context, <= 4096)."
+)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]),
-              help="Weights dtype (default: bfloat16 on CUDA, float32 on CPU); losses are float32 either way.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["float32", "bfloat16", "float16"]),
+    help="Weights dtype (default: bfloat16 on CUDA, float32 on CPU); losses are float32 either way.",
+)
 @click.option("--dataset", help="Score only this dataset's samples.")
-@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N pool samples by sample_id (a fixed pseudo-random sample).")
-@click.option("--token-budget", type=click.IntRange(min=1), help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Score only the first N pool samples by sample_id (a fixed pseudo-random sample).",
+)
+@click.option(
+    "--token-budget", type=click.IntRange(min=1), help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA)."
+)
 @click.option("--max-batch", type=click.IntRange(min=1), help="Sequences per batch (default: 16 on CPU, 128 on CUDA).")
 @click.pass_obj
-def score(catalog: Catalog, model: str, embedder: str | None, template: str | None, max_length: int | None, device: str,
-          dtype: str | None, dataset: str | None, limit: int | None, token_budget: int | None,
-          max_batch: int | None) -> None:
+def score(
+    catalog: Catalog,
+    model: str,
+    embedder: str | None,
+    template: str | None,
+    max_length: int | None,
+    device: str,
+    dtype: str | None,
+    dataset: str | None,
+    limit: int | None,
+    token_budget: int | None,
+    max_batch: int | None,
+) -> None:
     """Compute the MIWV losses of MODEL that are missing: zero-shot where absent, one-shot where
     there is none for the sample's current neighbour. Interrupt and rerun at will."""
     from scoring.score import score_catalog
 
-    result = score_catalog(catalog, model, embedder=embedder, template=template, max_length=max_length, device=device,
-                           dtype=dtype, dataset=dataset, limit=limit, token_budget=token_budget, max_batch=max_batch)
-    click.echo(f"scored {result.model} (scorer {result.scorer_id}, {result.template} template, max length "
-               f"{result.max_length}, {result.device}): pool {result.pool}, {result.samples} needed passes, "
-               f"{result.passes} passes ({result.unscorable} unscorable), {result.tokens_run} tokens run "
-               f"in {result.seconds:.1f} s")
+    result = score_catalog(
+        catalog,
+        model,
+        embedder=embedder,
+        template=template,
+        max_length=max_length,
+        device=device,
+        dtype=dtype,
+        dataset=dataset,
+        limit=limit,
+        token_budget=token_budget,
+        max_batch=max_batch,
+    )
+    click.echo(
+        f"scored {result.model} (scorer {result.scorer_id}, {result.template} template, max length "
+        f"{result.max_length}, {result.device}): pool {result.pool}, {result.samples} needed passes, "
+        f"{result.passes} passes ({result.unscorable} unscorable), {result.tokens_run} tokens run "
+        f"in {result.seconds:.1f} s"
+    )
     if result.not_linked:
         click.echo(f"{result.not_linked} pool samples have no neighbour link yet: run `python cli.py embed` first")
 
@@ -184,27 +255,53 @@ def models() -> None:
 
 @cli.command("select")
 @click.option("--model", help="Whose scores rank the pool (required except for --strategy random).")
-@click.option("--top-percent", type=click.FloatRange(min=0, min_open=True, max=100),
-              help="Keep K% of the pool size (rounded half up, at least 1).")
+@click.option(
+    "--top-percent",
+    type=click.FloatRange(min=0, min_open=True, max=100),
+    help="Keep K% of the pool size (rounded half up, at least 1).",
+)
 @click.option("--top-k", type=click.IntRange(min=1), help="Keep K samples.")
-@click.option("--strategy", type=click.Choice(["miwv", "random", "low-miwv", "zero-shot-loss", "one-shot-loss"]),
-              default="miwv", show_default=True, help="Ranking: the paper's MIWV, or an ablation baseline.")
+@click.option(
+    "--strategy",
+    type=click.Choice(["miwv", "random", "low-miwv", "zero-shot-loss", "one-shot-loss"]),
+    default="miwv",
+    show_default=True,
+    help="Ranking: the paper's MIWV, or an ablation baseline.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --strategy random.")
 @click.option("--dataset", help="Pool: samples of this dataset (default: the whole catalog).")
-@click.option("--where", help="Pool: an SQL condition on the `samples` view, e.g. \"n_turns = 1\".")
+@click.option("--where", help='Pool: an SQL condition on the `samples` view, e.g. "n_turns = 1".')
 @click.option("--embedder", help="Whose neighbours the scores used (default: minilm, or the only one).")
 @click.option("--scorer", "scorer_id", type=int, help="Which scorer of --model (default: its newest).")
 @click.option("--out", type=click.Path(), help="Write the samples: .jsonl, .parquet, or a folder (HF datasets).")
-@click.option("--format", "file_format", type=click.Choice(["jsonl", "parquet", "hf"]), help="Override the format --out implies.")
-@click.option("--shape", type=click.Choice(["alpaca", "messages"]),
-              help="Alpaca fields or a messages list (default: alpaca when every sample has them).")
+@click.option(
+    "--format", "file_format", type=click.Choice(["jsonl", "parquet", "hf"]), help="Override the format --out implies."
+)
+@click.option(
+    "--shape",
+    type=click.Choice(["alpaca", "messages"]),
+    help="Alpaca fields or a messages list (default: alpaca when every sample has them).",
+)
 @click.option("--with-scores", is_flag=True, help="Add miwv, zero_shot_loss, one_shot_loss, neighbour_similarity.")
 @click.option("--show-sql", is_flag=True, help="Print the selection query (run it yourself with `cli.py sql`).")
 @click.pass_obj
-def select_command(catalog: Catalog, model: str | None, top_percent: float | None, top_k: int | None, strategy: str,
-                   seed: int, dataset: str | None, where: str | None, embedder: str | None, scorer_id: int | None,
-                   out: str | None, file_format: str | None, shape: str | None, with_scores: bool,
-                   show_sql: bool) -> None:
+def select_command(
+    catalog: Catalog,
+    model: str | None,
+    top_percent: float | None,
+    top_k: int | None,
+    strategy: str,
+    seed: int,
+    dataset: str | None,
+    where: str | None,
+    embedder: str | None,
+    scorer_id: int | None,
+    out: str | None,
+    file_format: str | None,
+    shape: str | None,
+    with_scores: bool,
+    show_sql: bool,
+) -> None:
     """Select the top K% (or K) of a pool, record the selection, and optionally write it out."""
     from catalog.selection import Request, select
 
@@ -214,14 +311,17 @@ def select_command(catalog: Catalog, model: str | None, top_percent: float | Non
     if show_sql:
         click.echo(selection.sql + ";")
     excluded = ", ".join(f"{count} {reason}" for reason, count in sorted(selection.excluded.items())) or "none"
-    click.echo(f"selection {selection.selection_id} ({strategy}): pool {selection.pool_size}, eligible "
-               f"{selection.eligible} (excluded: {excluded}), selected {len(selection.sample_ids)}")
+    click.echo(
+        f"selection {selection.selection_id} ({strategy}): pool {selection.pool_size}, eligible "
+        f"{selection.eligible} (excluded: {excluded}), selected {len(selection.sample_ids)}"
+    )
     if exported:
         click.echo(f"wrote {exported.rows} samples ({exported.shape}, {exported.file_format}) to {exported.path}")
 
 
-def _scores_for(catalog: Catalog, model: str | None, scorer_id: int | None, embedder: str | None,
-                required: bool) -> tuple[int | None, int | None]:
+def _scores_for(
+    catalog: Catalog, model: str | None, scorer_id: int | None, embedder: str | None, required: bool
+) -> tuple[int | None, int | None]:
     """(scorer_id, embedder_id) for --model/--scorer/--embedder; (None, None) when no model is named."""
     from catalog.embeddings import find_embedder
     from catalog.scores import find_scorer
@@ -242,8 +342,19 @@ def selections(catalog: Catalog, as_json: bool) -> None:
     from catalog.selection import list_selections
 
     rows = list_selections(catalog)
-    columns = ["selection_id", "strategy", "model", "top_k", "top_percent", "dataset", "pool_size", "eligible",
-               "selected", "output", "created_at"]
+    columns = [
+        "selection_id",
+        "strategy",
+        "model",
+        "top_k",
+        "top_percent",
+        "dataset",
+        "pool_size",
+        "eligible",
+        "selected",
+        "output",
+        "created_at",
+    ]
     print_json(rows) if as_json else print_rows(rows, title="selections (newest first)", columns=columns)
 
 

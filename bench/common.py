@@ -16,8 +16,11 @@ OUT = REPO / "bench" / "out"
 
 def shared_records() -> list[dict]:
     """Every row of the four shared Alpaca files (15,831 rows)."""
-    return [json.loads(line) for path in sorted(SHARED_DATA.glob("*.jsonl"))
-            for line in path.read_text(encoding="utf-8").splitlines()]
+    return [
+        json.loads(line)
+        for path in sorted(SHARED_DATA.glob("*.jsonl"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
 
 
 @contextmanager

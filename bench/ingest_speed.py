@@ -23,8 +23,9 @@ ROWS = 50_000
 def main() -> None:
     unique = {(r["instruction"], r["input"], r["output"]): r for r in shared_records() if r["output"].strip()}
     base = list(unique.values())
-    rows = [{**base[i % len(base)], "output": f"{base[i % len(base)]['output']} ({i // len(base)})"}
-            for i in range(ROWS)]
+    rows = [
+        {**base[i % len(base)], "output": f"{base[i % len(base)]['output']} ({i // len(base)})"} for i in range(ROWS)
+    ]
     results: dict = {"rows": ROWS}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "rows.jsonl"

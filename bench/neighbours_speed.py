@@ -78,7 +78,9 @@ def synthetic_catalog(root: Path, n: int) -> tuple[Catalog, EmbedderRow, np.ndar
     path = root / "rows.jsonl"
     with open(path, "w") as handle:
         for i in range(n):
-            handle.write(json.dumps({"instruction": f"Synthetic task {i}", "input": "", "output": f"answer {i}"}) + "\n")
+            handle.write(
+                json.dumps({"instruction": f"Synthetic task {i}", "input": "", "output": f"answer {i}"}) + "\n"
+            )
     catalog = Catalog(root / "catalog")
     ingest_file(catalog, path, "synthetic")
     embedder = register_embedder(catalog, "synthetic", "-", DIM, "mean", "synthetic", None)

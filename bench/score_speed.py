@@ -34,8 +34,8 @@ from catalog import Catalog, db  # noqa: E402
 from catalog.ingest import ingest_file  # noqa: E402
 from catalog.scores import pending_samples  # noqa: E402
 from scoring.embed import embed_missing  # noqa: E402
-from scoring.lm import load_model, load_tokenizer  # noqa: E402
 from scoring.link import link_neighbours  # noqa: E402
+from scoring.lm import load_model, load_tokenizer  # noqa: E402
 from scoring.models import resolve_model  # noqa: E402
 from scoring.score import score_catalog  # noqa: E402
 from scoring.sequences import Sequence, SequenceBuilder  # noqa: E402
@@ -70,8 +70,11 @@ def main() -> None:
     args = parser.parse_args()
     rows = [r for r in shared_records() if r["output"].strip()]
     rows = random.Random(0).sample(rows, args.samples)
-    results: dict = {"samples": args.samples, "torch_threads": torch.get_num_threads(),
-                     "matmul_peak_gflops": round(matmul_peak_gflops(), 1)}
+    results: dict = {
+        "samples": args.samples,
+        "torch_threads": torch.get_num_threads(),
+        "matmul_peak_gflops": round(matmul_peak_gflops(), 1),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         catalog = Catalog(Path(tmp) / "catalog")
         ingest_file(catalog, write_jsonl(Path(tmp) / "rows.jsonl", rows), "bench")
@@ -95,9 +98,15 @@ def main() -> None:
         with timer(results, "naive_s"):
             naive = naive_losses(model, sequences)
         with catalog.read() as conn:
-            stored = {(kind, sample_id): loss for kind, sample_id, loss in db.execute(conn, """
+            stored = {
+                (kind, sample_id): loss
+                for kind, sample_id, loss in db.execute(
+                    conn,
+                    """
                 SELECT 'zero', sample_id, loss FROM zero_shot_loss WHERE status = 'ok'
-                UNION ALL SELECT 'one', sample_id, loss FROM one_shot_loss WHERE status = 'ok'""")}
+                UNION ALL SELECT 'one', sample_id, loss FROM one_shot_loss WHERE status = 'ok'""",
+                )
+            }
     results["ours_tokens_run"] = ours.tokens_run
     results["speedup"] = round(results["naive_s"] / results["ours_s"], 2)
     params = sum(p.numel() for p in model.parameters())

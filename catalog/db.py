@@ -21,6 +21,7 @@ def utcnow() -> datetime:
     """Naive UTC timestamp: every time in the catalog is UTC."""
     return datetime.now(UTC).replace(tzinfo=None)
 
+
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
 
 

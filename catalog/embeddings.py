@@ -39,25 +39,43 @@ def lookup_embedder(catalog: Catalog, fingerprint: str, pooling: str) -> Embedde
     if not catalog.exists():
         return None
     with catalog.read() as conn:
-        rows = db.execute(conn, f"SELECT {_COLUMNS} FROM embedder WHERE fingerprint = $f AND pooling = $p",
-                          {"f": fingerprint, "p": pooling})
+        rows = db.execute(
+            conn,
+            f"SELECT {_COLUMNS} FROM embedder WHERE fingerprint = $f AND pooling = $p",
+            {"f": fingerprint, "p": pooling},
+        )
     return EmbedderRow(*rows[0]) if rows else None
 
 
-def register_embedder(catalog: Catalog, name: str, path: str, dimension: int, pooling: str, fingerprint: str,
-                      max_seq_length: int | None) -> EmbedderRow:
+def register_embedder(
+    catalog: Catalog, name: str, path: str, dimension: int, pooling: str, fingerprint: str, max_seq_length: int | None
+) -> EmbedderRow:
     """Record an embedder (or return the one with the same files and pooling)."""
     with catalog.write() as conn:
-        rows = db.execute(conn, f"SELECT {_COLUMNS} FROM embedder WHERE fingerprint = $f AND pooling = $p",
-                          {"f": fingerprint, "p": pooling})
+        rows = db.execute(
+            conn,
+            f"SELECT {_COLUMNS} FROM embedder WHERE fingerprint = $f AND pooling = $p",
+            {"f": fingerprint, "p": pooling},
+        )
         if rows:
             return EmbedderRow(*rows[0])
         embedder_id = db.execute(conn, "SELECT coalesce(max(embedder_id), 0) + 1 FROM embedder")[0][0]
-        db.execute(conn, """INSERT INTO embedder (embedder_id, name, path, dimension, pooling, normalized,
+        db.execute(
+            conn,
+            """INSERT INTO embedder (embedder_id, name, path, dimension, pooling, normalized,
                                                   max_seq_length, fingerprint, created_at)
                             VALUES ($id, $name, $path, $dim, $pooling, true, $msl, $f, $now)""",
-                   {"id": embedder_id, "name": name, "path": path, "dim": dimension, "pooling": pooling,
-                    "msl": max_seq_length, "f": fingerprint, "now": db.utcnow()})
+            {
+                "id": embedder_id,
+                "name": name,
+                "path": path,
+                "dim": dimension,
+                "pooling": pooling,
+                "msl": max_seq_length,
+                "f": fingerprint,
+                "now": db.utcnow(),
+            },
+        )
     return EmbedderRow(embedder_id, name, path, dimension, pooling, fingerprint, max_seq_length)
 
 
@@ -86,10 +104,13 @@ def samples_to_embed(catalog: Catalog, embedded: np.ndarray) -> tuple[np.ndarray
     """(sample_ids, user texts) of samples without a vector, shortest text first."""
     with catalog.read() as conn:
         with db.registered(conn, "embedded", pa.table({"sample_id": pa.array(embedded, pa.int64())})):
-            table = db.query_arrow(conn, """
+            table = db.query_arrow(
+                conn,
+                """
                 SELECT sample_id, user_text FROM sample
                 WHERE sample_id NOT IN (SELECT sample_id FROM embedded)
-                ORDER BY length(user_text), sample_id""")
+                ORDER BY length(user_text), sample_id""",
+            )
     return table["sample_id"].to_numpy(), table["user_text"].to_pylist()
 
 

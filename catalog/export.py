@@ -44,13 +44,22 @@ def format_of(out: Path, requested: str | None) -> str:
         return suffix[1:]
     if suffix == "":
         return "hf"
-    raise UserError(f"cannot tell the format of {out} from its name: use .jsonl, .parquet, a folder name "
-                    "(Hugging Face datasets), or --format")
+    raise UserError(
+        f"cannot tell the format of {out} from its name: use .jsonl, .parquet, a folder name "
+        "(Hugging Face datasets), or --format"
+    )
 
 
-def export_samples(catalog: Catalog, sample_ids: list[int], out: str | Path, file_format: str | None = None,
-                   shape: str | None = None, with_scores: bool = False, scorer_id: int | None = None,
-                   embedder_id: int | None = None) -> Exported:
+def export_samples(
+    catalog: Catalog,
+    sample_ids: list[int],
+    out: str | Path,
+    file_format: str | None = None,
+    shape: str | None = None,
+    with_scores: bool = False,
+    scorer_id: int | None = None,
+    embedder_id: int | None = None,
+) -> Exported:
     """Write `sample_ids`, in that order, to `out`.
 
     Args:
@@ -91,14 +100,18 @@ def export_samples(catalog: Catalog, sample_ids: list[int], out: str | Path, fil
 def _rows(catalog: Catalog, sample_ids: list[int], scorer_id: int | None, embedder_id: int | None) -> list[dict]:
     order = pa.table({"sample_id": pa.array(sample_ids, pa.int64()), "rank": pa.array(range(len(sample_ids)))})
     with catalog.read() as conn, db.registered(conn, "wanted", order):
-        return db.query_arrow(conn, """
+        return db.query_arrow(
+            conn,
+            """
             SELECT s.instruction, s.input, s.output, s.messages, s.extra,
                    m.miwv, m.zero_shot_loss, m.one_shot_loss, m.similarity AS neighbour_similarity
             FROM wanted w
             JOIN samples s USING (sample_id)
             LEFT JOIN miwv_scores m
                    ON m.sample_id = w.sample_id AND m.scorer_id = $scorer AND m.embedder_id = $embedder
-            ORDER BY w.rank""", {"scorer": scorer_id, "embedder": embedder_id}).to_pylist()
+            ORDER BY w.rank""",
+            {"scorer": scorer_id, "embedder": embedder_id},
+        ).to_pylist()
 
 
 def _record(row: dict, shape: str, with_scores: bool) -> dict:

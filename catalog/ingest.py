@@ -45,19 +45,20 @@ class IngestResult:
 
 
 def ingest_file(
-    catalog: Catalog, path: str | Path, dataset: str, shape: str | None = None, skip_invalid: bool = False
+    catalog: Catalog, path: str | Path, dataset: str | None = None, shape: str | None = None, skip_invalid: bool = False
 ) -> IngestResult:
     """Add the samples of `path` to `catalog` as members of `dataset`.
 
     Args:
         catalog: the catalog to write to (created if absent).
         path: a .jsonl, .json, .parquet or .csv file (text formats may be gzipped).
-        dataset: the dataset name the file's rows belong to.
+        dataset: the dataset the file's rows belong to (default: the file name up to its first dot).
         shape: "alpaca", "sharegpt" or "openai"; detected from the first record when None.
         skip_invalid: ingest the valid rows and record the invalid ones, instead of refusing the file.
     """
     started = time.monotonic()
     started_at = db.utcnow()
+    dataset = Path(path).name.split(".")[0] if dataset is None else dataset
     if not dataset.strip():
         raise InvalidInput("--dataset must not be empty")
     rows = read_file(path)
@@ -110,12 +111,15 @@ def ingest_file(
             seconds=round(time.monotonic() - started, 3),
         )
         batch = {k: v for k, v in result.as_dict().items() if k != "seconds"}
-        db.execute(conn, _INSERT_BATCH, {**batch, "sha": file_sha256, "started_at": started_at, "finished_at": db.utcnow()})
+        db.execute(
+            conn, _INSERT_BATCH, {**batch, "sha": file_sha256, "started_at": started_at, "finished_at": db.utcnow()}
+        )
     return result
 
 
 _INSERT_NEW_SAMPLES = """
-    INSERT INTO sample (sample_id, messages, instruction, input, output, user_text, n_turns, extra, created_at, ingest_id)
+    INSERT INTO sample (sample_id, messages, instruction, input, output, user_text, n_turns, extra, created_at,
+                        ingest_id)
     SELECT sample_id, messages, instruction, input, output, user_text, n_turns, extra, created_at, ingest_id
     FROM incoming
     WHERE sample_id NOT IN (SELECT sample_id FROM sample)

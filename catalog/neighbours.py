@@ -27,9 +27,12 @@ def text_groups(catalog: Catalog, ids: np.ndarray) -> np.ndarray:
     """For sorted `ids`: a value per distinct user text (samples sharing it are exact duplicates of each other)."""
     with catalog.read() as conn:
         with db.registered(conn, "wanted", pa.table({"sample_id": pa.array(ids, pa.int64())})):
-            table = db.query_arrow(conn, """
+            table = db.query_arrow(
+                conn,
+                """
                 SELECT s.sample_id, hash(s.user_text) AS text_group
-                FROM sample s JOIN wanted w USING (sample_id) ORDER BY s.sample_id""")
+                FROM sample s JOIN wanted w USING (sample_id) ORDER BY s.sample_id""",
+            )
     assert np.array_equal(table["sample_id"].to_numpy(), ids), "every embedded sample must be in the catalog"
     return table["text_group"].to_numpy().view(np.int64)
 
@@ -37,34 +40,64 @@ def text_groups(catalog: Catalog, ids: np.ndarray) -> np.ndarray:
 def current_links(catalog: Catalog, embedder_id: int) -> Links:
     """Every stored link of `embedder_id`."""
     with catalog.read() as conn:
-        table = db.query_arrow(conn, """
+        table = db.query_arrow(
+            conn,
+            """
             SELECT sample_id, coalesce(neighbour_id, $none) AS neighbour_id, coalesce(similarity, 'NaN') AS similarity
-            FROM neighbour_link WHERE embedder_id = $e ORDER BY sample_id""", {"e": embedder_id, "none": NO_NEIGHBOUR})
+            FROM neighbour_link WHERE embedder_id = $e ORDER BY sample_id""",
+            {"e": embedder_id, "none": NO_NEIGHBOUR},
+        )
     return Links(table["sample_id"].to_numpy(), table["neighbour_id"].to_numpy(), table["similarity"].to_numpy())
 
 
-def save_links(catalog: Catalog, embedder_id: int, changed: Links, *, method: str, mode: str, samples: int,
-               new_samples: int, started_at: datetime) -> int:
+def save_links(
+    catalog: Catalog,
+    embedder_id: int,
+    changed: Links,
+    *,
+    method: str,
+    mode: str,
+    samples: int,
+    new_samples: int,
+    started_at: datetime,
+) -> int:
     """Record a neighbour run and upsert the links it changed, in one transaction; returns the run id."""
     now = db.utcnow()
     has = changed.neighbour_ids != NO_NEIGHBOUR
     with catalog.write() as conn:
         run_id = db.execute(conn, "SELECT coalesce(max(run_id), 0) + 1 FROM neighbour_run")[0][0]
-        db.execute(conn, """INSERT INTO neighbour_run VALUES ($run, $e, $method, $mode, $samples, $new, $changed,
+        db.execute(
+            conn,
+            """INSERT INTO neighbour_run VALUES ($run, $e, $method, $mode, $samples, $new, $changed,
                                                              $started, $now)""",
-                   {"run": run_id, "e": embedder_id, "method": method, "mode": mode, "samples": samples,
-                    "new": new_samples, "changed": len(changed.ids), "started": started_at, "now": now})
-        rows = pa.table({
-            "sample_id": pa.array(changed.ids, pa.int64()),
-            "neighbour_id": pa.array(changed.neighbour_ids, pa.int64(), mask=~has),
-            "similarity": pa.array(changed.similarity, pa.float64(), mask=~has),
-        })
+            {
+                "run": run_id,
+                "e": embedder_id,
+                "method": method,
+                "mode": mode,
+                "samples": samples,
+                "new": new_samples,
+                "changed": len(changed.ids),
+                "started": started_at,
+                "now": now,
+            },
+        )
+        rows = pa.table(
+            {
+                "sample_id": pa.array(changed.ids, pa.int64()),
+                "neighbour_id": pa.array(changed.neighbour_ids, pa.int64(), mask=~has),
+                "similarity": pa.array(changed.similarity, pa.float64(), mask=~has),
+            }
+        )
         with db.registered(conn, "changed", rows):
-            db.execute(conn, """
+            db.execute(
+                conn,
+                """
                 INSERT INTO neighbour_link (sample_id, embedder_id, neighbour_id, similarity, run_id, computed_at)
                 SELECT sample_id, $e, neighbour_id, similarity, $run, $now FROM changed
                 ON CONFLICT (sample_id, embedder_id) DO UPDATE SET
                     neighbour_id = excluded.neighbour_id, similarity = excluded.similarity,
                     run_id = excluded.run_id, computed_at = excluded.computed_at""",
-                       {"e": embedder_id, "run": run_id, "now": now})
+                {"e": embedder_id, "run": run_id, "now": now},
+            )
     return run_id

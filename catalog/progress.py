@@ -38,14 +38,22 @@ class _Rate(ProgressColumn):
 class Meter:
     """A progress bar counting `unit`s (and optionally a second quantity), with their rates.
 
-        with Meter("scoring", total=n, unit="samples", second_unit="tokens") as meter:
-            meter.advance(len(batch), second=n_tokens)
+    with Meter("scoring", total=n, unit="samples", second_unit="tokens") as meter:
+        meter.advance(len(batch), second=n_tokens)
     """
 
-    def __init__(self, description: str, total: int, unit: str, second_unit: str | None = None,
-                 enabled: bool = True) -> None:
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-                   TimeElapsedColumn(), TimeRemainingColumn(), _Rate(unit)]
+    def __init__(
+        self, description: str, total: int, unit: str, second_unit: str | None = None, enabled: bool = True
+    ) -> None:
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            _Rate(unit),
+        ]
         if second_unit:
             columns.append(_Rate(second_unit, field="second"))
         self._progress = Progress(*columns, console=_console, disable=not enabled)

@@ -32,8 +32,10 @@ def run_read_only(conn, sql: str, allowed: tuple[str, ...] = READ_ONLY) -> pa.Ta
         raise UserError(f"expected exactly one SQL statement; got {len(statements)}")
     kind = statements[0].type.name
     if kind not in allowed:
-        raise UserError(f"read-only: {kind} statements are refused. The catalog changes only through "
-                        "ingest, embed, neighbours, score and select")
+        raise UserError(
+            f"read-only: {kind} statements are refused. The catalog changes only through "
+            "ingest, embed, neighbours, score and select"
+        )
     try:
         return native.sql(sql).to_arrow_table()
     except Exception as error:

@@ -51,7 +51,10 @@ def file_format_of(path: Path) -> str:
     suffix = suffixes[-1] if suffixes else ""
     names = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
     if suffix not in names:
-        raise InvalidInput(f"{path}: unsupported file type {suffix or '(none)'}; use .jsonl, .json, .parquet or .csv (text formats may be .gz)")
+        raise InvalidInput(
+            f"{path}: unsupported file type {suffix or '(none)'}; "
+            "use .jsonl, .json, .parquet or .csv (text formats may be .gz)"
+        )
     if names[suffix] == "parquet" and path.suffix.lower() == ".gz":
         raise InvalidInput(f"{path}: parquet is compressed internally; do not gzip it")
     return names[suffix]
@@ -91,7 +94,9 @@ def _decode_whole(path: Path, data: bytes) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
-        raise InvalidInput(f"{path}:{line}: not valid UTF-8 (byte 0x{data[error.start]:02x}); convert the file to UTF-8") from None
+        raise InvalidInput(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[error.start]:02x}); convert the file to UTF-8"
+        ) from None
 
 
 def _jsonl_rows(data: bytes) -> Iterator[Row]:
@@ -101,8 +106,11 @@ def _jsonl_rows(data: bytes) -> Iterator[Row]:
         try:
             text = line.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError as error:
-            yield Row(number, error=f"not valid UTF-8 (byte 0x{line[error.start]:02x} at column {error.start + 1})",
-                      raw=line.decode("utf-8", "replace")[:RAW_LIMIT])
+            yield Row(
+                number,
+                error=f"not valid UTF-8 (byte 0x{line[error.start]:02x} at column {error.start + 1})",
+                raw=line.decode("utf-8", "replace")[:RAW_LIMIT],
+            )
             continue
         try:
             yield Row(number, record=json.loads(text))
@@ -125,8 +133,11 @@ def _csv_rows(text: str) -> Iterator[Row]:
     reader = csv.DictReader(io.StringIO(text, newline=""))
     for number, record in enumerate(reader, start=1):
         if None in record:  # more cells than header columns
-            yield Row(number, error=f"{len(reader.fieldnames or [])} columns in the header, more in this row",
-                      raw=json.dumps(record, ensure_ascii=False, default=str)[:RAW_LIMIT])
+            yield Row(
+                number,
+                error=f"{len(reader.fieldnames or [])} columns in the header, more in this row",
+                raw=json.dumps(record, ensure_ascii=False, default=str)[:RAW_LIMIT],
+            )
             continue
         yield Row(number, record={key: value if value != "" else None for key, value in record.items()})
 

@@ -78,13 +78,38 @@ def print_status(status: dict[str, Any]) -> None:
     _console().print(f"catalog {status['catalog']}: {status['samples']} samples")
     sections = {
         "datasets": ("datasets (only_here: samples in no other dataset)", None),
-        "ingests": ("ingest batches", ["ingest_id", "dataset", "file", "record_shape", "rows_read", "rows_new",
-                                       "rows_duplicate", "rows_rejected", "finished_at"]),
-        "embedders": ("embedders (linked: has a nearest neighbour; changed_in_last_run: links the last "
-                      "neighbour run wrote)", ["embedder_id", "name", "pooling", "dimension", "embedded", "linked",
-                                               "without_neighbour", "not_linked", "changed_in_last_run"]),
-        "scores": ("scores per model (scored: MIWV defined; stale: scored with an earlier neighbour; "
-                   "unscored: not yet)", None),
+        "ingests": (
+            "ingest batches",
+            [
+                "ingest_id",
+                "dataset",
+                "file",
+                "record_shape",
+                "rows_read",
+                "rows_new",
+                "rows_duplicate",
+                "rows_rejected",
+                "finished_at",
+            ],
+        ),
+        "embedders": (
+            "embedders (linked: has a nearest neighbour; changed_in_last_run: links the last neighbour run wrote)",
+            [
+                "embedder_id",
+                "name",
+                "pooling",
+                "dimension",
+                "embedded",
+                "linked",
+                "without_neighbour",
+                "not_linked",
+                "changed_in_last_run",
+            ],
+        ),
+        "scores": (
+            "scores per model (scored: MIWV defined; stale: scored with an earlier neighbour; unscored: not yet)",
+            None,
+        ),
     }
     for key, (title, columns) in sections.items():
         if status.get(key):

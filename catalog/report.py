@@ -6,6 +6,8 @@ often an example hurt (MIWV > 0), how similar the examples were, and L_zero agai
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,18 +32,18 @@ _SUMMARY = """
     rows AS (SELECT * FROM scored UNION ALL SELECT * REPLACE ($all AS dataset) FROM scored)
     SELECT dataset,
            count(DISTINCT sample_id) AS scored,
-           round(quantile_cont(miwv, 0.05), 4) AS miwv_p05,
-           round(quantile_cont(miwv, 0.25), 4) AS miwv_p25,
-           round(quantile_cont(miwv, 0.50), 4) AS miwv_median,
-           round(quantile_cont(miwv, 0.75), 4) AS miwv_p75,
-           round(quantile_cont(miwv, 0.95), 4) AS miwv_p95,
-           round(avg((miwv > 0)::INTEGER), 4) AS share_positive,
-           round(quantile_cont(similarity, 0.25), 4) AS similarity_p25,
-           round(quantile_cont(similarity, 0.50), 4) AS similarity_median,
-           round(quantile_cont(similarity, 0.75), 4) AS similarity_p75,
-           round(avg(zero_shot_loss), 4) AS mean_l_zero,
-           round(avg(one_shot_loss), 4) AS mean_l_one,
-           round(corr(zero_shot_loss, one_shot_loss), 4) AS corr_l_zero_l_one
+           round(quantile_cont(miwv, 0.05), 4) AS p05,
+           round(quantile_cont(miwv, 0.25), 4) AS p25,
+           round(quantile_cont(miwv, 0.50), 4) AS median,
+           round(quantile_cont(miwv, 0.75), 4) AS p75,
+           round(quantile_cont(miwv, 0.95), 4) AS p95,
+           round(avg((miwv > 0)::INTEGER), 4) AS positive,
+           round(quantile_cont(similarity, 0.25), 4) AS sim_p25,
+           round(quantile_cont(similarity, 0.50), 4) AS sim_median,
+           round(quantile_cont(similarity, 0.75), 4) AS sim_p75,
+           round(avg(zero_shot_loss), 4) AS l_zero,
+           round(avg(one_shot_loss), 4) AS l_one,
+           round(corr(zero_shot_loss, one_shot_loss), 4) AS corr
     FROM rows GROUP BY dataset ORDER BY dataset = $all, dataset
 """
 
@@ -51,10 +53,14 @@ def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str,
     params = {"scorer": scorer_id, "embedder": embedder_id}
     with catalog.read() as conn:
         summary = db.query_arrow(conn, _SUMMARY, {**params, "all": ALL}).to_pylist()
-        points = db.query_arrow(conn, """
+        points = db.query_arrow(
+            conn,
+            """
             SELECT s.datasets[1] AS dataset, m.miwv, m.zero_shot_loss, m.one_shot_loss
             FROM miwv_scores m JOIN samples s USING (sample_id)
-            WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'""", params).to_pylist()
+            WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'""",
+            params,
+        ).to_pylist()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [_markdown(summary, model, out / "summary.md")]
@@ -65,8 +71,16 @@ def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str,
 
 def _markdown(summary: list[dict], model: str, path: Path) -> Path:
     columns = list(summary[0]) if summary else ["dataset", "scored"]
-    lines = [f"# MIWV of {model}", "", "MIWV = L_one - L_zero; high MIWV: a relevant example made the model worse.", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [
+        f"# MIWV of {model}",
+        "",
+        "MIWV = L_one - L_zero; high MIWV: a relevant example made the model worse.",
+        "p05..p95: MIWV quantiles; positive: share with MIWV > 0; sim_*: neighbour-similarity quartiles;",
+        "l_zero, l_one: mean losses; corr: their correlation. A sample in two datasets counts in both.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     lines += ["| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |" for row in summary]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -79,40 +93,43 @@ def _by_dataset(points: list[dict]) -> dict[str, list[dict]]:
     return dict(sorted(groups.items()))
 
 
-def _figure():
+@contextmanager
+def _plot(path: Path, size: tuple[float, float]) -> Iterator:
+    """An axis to draw on; the figure is saved to `path` (headless) when the block ends."""
     import matplotlib
 
-    matplotlib.use("Agg")  # headless
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    figure, axis = plt.subplots(figsize=size)
+    try:
+        yield axis
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(path, dpi=110)
+    finally:
+        plt.close(figure)
 
 
 def _histogram(points: list[dict], model: str, path: Path) -> Path:
-    plt = _figure()
-    figure, axis = plt.subplots(figsize=(8, 4.5))
     groups = _by_dataset(points)
-    axis.hist([[p["miwv"] for p in group] for group in groups.values()], bins=40 if len(points) > 40 else 10,
-              stacked=True, label=list(groups))
-    axis.axvline(0, color="black", linewidth=0.8)
-    axis.set(xlabel="MIWV = L_one - L_zero (nats/token)", ylabel="samples", title=f"MIWV of {model}")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    with _plot(path, (8, 4.5)) as axis:
+        axis.hist(
+            [[p["miwv"] for p in group] for group in groups.values()],
+            bins=40 if len(points) > 40 else 10,
+            stacked=True,
+            label=list(groups),
+        )
+        axis.axvline(0, color="black", linewidth=0.8)
+        axis.set(xlabel="MIWV = L_one - L_zero (nats/token)", ylabel="samples", title=f"MIWV of {model}")
     return path
 
 
 def _losses(points: list[dict], model: str, path: Path) -> Path:
-    plt = _figure()
-    figure, axis = plt.subplots(figsize=(5.5, 5.5))
-    for dataset, group in _by_dataset(points).items():
-        axis.scatter([p["zero_shot_loss"] for p in group], [p["one_shot_loss"] for p in group], s=6, label=dataset)
-    top = max(max(p["zero_shot_loss"], p["one_shot_loss"]) for p in points)
-    axis.plot([0, top], [0, top], color="black", linewidth=0.8)  # above the line: MIWV > 0
-    axis.set(xlabel="L_zero", ylabel="L_one", title=f"{model}: one-shot vs zero-shot loss")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    with _plot(path, (5.5, 5.5)) as axis:
+        for dataset, group in _by_dataset(points).items():
+            axis.scatter([p["zero_shot_loss"] for p in group], [p["one_shot_loss"] for p in group], s=6, label=dataset)
+        top = max(max(p["zero_shot_loss"], p["one_shot_loss"]) for p in points)
+        axis.plot([0, top], [0, top], color="black", linewidth=0.8)  # above the line: MIWV > 0
+        axis.set(xlabel="L_zero", ylabel="L_one", title=f"{model}: one-shot vs zero-shot loss")
     return path

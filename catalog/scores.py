@@ -58,8 +58,9 @@ class Pool:
     pending: list[PendingSample]
 
 
-def register_scorer(catalog: Catalog, model: str, source: str, fingerprint: str, template: str, max_length: int,
-                    dtype: str) -> ScorerRow:
+def register_scorer(
+    catalog: Catalog, model: str, source: str, fingerprint: str, template: str, max_length: int, dtype: str
+) -> ScorerRow:
     """The scorer for this model file, template, length limit and dtype (created on first use)."""
     key = {"f": fingerprint, "t": template, "m": max_length, "d": dtype}
     where = "fingerprint = $f AND template = $t AND max_length = $m AND dtype = $d"
@@ -68,8 +69,11 @@ def register_scorer(catalog: Catalog, model: str, source: str, fingerprint: str,
         if rows:
             return ScorerRow(*rows[0])
         scorer_id = db.execute(conn, "SELECT coalesce(max(scorer_id), 0) + 1 FROM scorer")[0][0]
-        db.execute(conn, """INSERT INTO scorer VALUES ($id, $model, $source, $f, $t, $m, $d, $now)""",
-                   {**key, "id": scorer_id, "model": model, "source": source, "now": db.utcnow()})
+        db.execute(
+            conn,
+            """INSERT INTO scorer VALUES ($id, $model, $source, $f, $t, $m, $d, $now)""",
+            {**key, "id": scorer_id, "model": model, "source": source, "now": db.utcnow()},
+        )
     return ScorerRow(scorer_id, model, source, template, max_length, dtype)
 
 
@@ -79,19 +83,26 @@ _SCORER_COLUMNS = "scorer_id, model, source, template, max_length, dtype"
 def find_scorer(catalog: Catalog, model: str, scorer_id: int | None = None) -> ScorerRow:
     """The scorer of `model` (its newest, unless `scorer_id` picks one); UserError if there is none."""
     with catalog.read() as conn:
-        rows = [ScorerRow(*r) for r in db.execute(
-            conn, f"SELECT {_SCORER_COLUMNS} FROM scorer WHERE model = $m ORDER BY scorer_id DESC", {"m": model})]
+        rows = [
+            ScorerRow(*r)
+            for r in db.execute(
+                conn, f"SELECT {_SCORER_COLUMNS} FROM scorer WHERE model = $m ORDER BY scorer_id DESC", {"m": model}
+            )
+        ]
         known = [r[0] for r in db.execute(conn, "SELECT DISTINCT model FROM scorer ORDER BY 1")]
     if scorer_id is not None:
         rows = [r for r in rows if r.scorer_id == scorer_id]
     if not rows:
-        raise UserError(f"no scores for model {model!r}{f' (scorer {scorer_id})' if scorer_id else ''}; "
-                        f"scored models: {', '.join(known) or 'none'} (run `python cli.py score --model {model}`)")
+        raise UserError(
+            f"no scores for model {model!r}{f' (scorer {scorer_id})' if scorer_id else ''}; "
+            f"scored models: {', '.join(known) or 'none'} (run `python cli.py score --model {model}`)"
+        )
     return rows[0]
 
 
-def pending_samples(catalog: Catalog, scorer_id: int, embedder_id: int, dataset: str | None = None,
-                    limit: int | None = None) -> Pool:
+def pending_samples(
+    catalog: Catalog, scorer_id: int, embedder_id: int, dataset: str | None = None, limit: int | None = None
+) -> Pool:
     """The pool (all samples, or one dataset; the first `limit` by sample_id) and what it still needs.
 
     A sample needs its zero-shot pass if it has no zero-shot row for the scorer, and its
@@ -99,16 +110,25 @@ def pending_samples(catalog: Catalog, scorer_id: int, embedder_id: int, dataset:
     """
     pool_params = {"dataset": dataset} | ({"limit": limit} if limit is not None else {})
     with catalog.read() as conn:
-        db.execute(conn, f"""
+        db.execute(
+            conn,
+            f"""
             CREATE TEMP TABLE pool AS
             SELECT sample_id, messages FROM sample
             WHERE $dataset IS NULL OR sample_id IN (SELECT sample_id FROM membership WHERE dataset = $dataset)
-            ORDER BY sample_id {"LIMIT $limit" if limit is not None else ""}""", pool_params)
-        samples, not_linked = db.execute(conn, """
+            ORDER BY sample_id {"LIMIT $limit" if limit is not None else ""}""",
+            pool_params,
+        )
+        samples, not_linked = db.execute(
+            conn,
+            """
             SELECT count(*), count(*) FILTER (WHERE l.sample_id IS NULL)
             FROM pool p LEFT JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $e""",
-                                         {"e": embedder_id})[0]
-        table = db.query_arrow(conn, """
+            {"e": embedder_id},
+        )[0]
+        table = db.query_arrow(
+            conn,
+            """
             SELECT p.sample_id, p.messages, l.neighbour_id, n.messages AS neighbour_messages,
                    z.sample_id IS NULL AS need_zero,
                    l.neighbour_id IS NOT NULL AND o.sample_id IS NULL AS need_one
@@ -119,12 +139,19 @@ def pending_samples(catalog: Catalog, scorer_id: int, embedder_id: int, dataset:
             LEFT JOIN one_shot_loss o
                    ON o.sample_id = p.sample_id AND o.scorer_id = $s AND o.neighbour_id = l.neighbour_id
             WHERE z.sample_id IS NULL OR (l.neighbour_id IS NOT NULL AND o.sample_id IS NULL)
-            ORDER BY p.sample_id""", {"s": scorer_id, "e": embedder_id})
+            ORDER BY p.sample_id""",
+            {"s": scorer_id, "e": embedder_id},
+        )
         db.execute(conn, "DROP TABLE pool")
     pending = [
-        PendingSample(row["sample_id"], _messages(row["messages"]), row["neighbour_id"],
-                      _messages(row["neighbour_messages"]) if row["neighbour_messages"] else None,
-                      row["need_zero"], row["need_one"])
+        PendingSample(
+            row["sample_id"],
+            _messages(row["messages"]),
+            row["neighbour_id"],
+            _messages(row["neighbour_messages"]) if row["neighbour_messages"] else None,
+            row["need_zero"],
+            row["need_one"],
+        )
         for row in table.to_pylist()
     ]
     return Pool(samples, not_linked, pending)
@@ -138,11 +165,21 @@ def start_run(catalog: Catalog, scorer_id: int, embedder_id: int, device: str, p
     """Record the start of a score run; returns its id."""
     with catalog.write() as conn:
         run_id = db.execute(conn, "SELECT coalesce(max(run_id), 0) + 1 FROM score_run")[0][0]
-        db.execute(conn, """INSERT INTO score_run (run_id, scorer_id, embedder_id, device, pool, samples, passes,
+        db.execute(
+            conn,
+            """INSERT INTO score_run (run_id, scorer_id, embedder_id, device, pool, samples, passes,
                                                    tokens_run, started_at)
                             VALUES ($run, $s, $e, $device, $pool, $samples, 0, 0, $now)""",
-                   {"run": run_id, "s": scorer_id, "e": embedder_id, "device": device, "pool": pool,
-                    "samples": samples, "now": db.utcnow()})
+            {
+                "run": run_id,
+                "s": scorer_id,
+                "e": embedder_id,
+                "device": device,
+                "pool": pool,
+                "samples": samples,
+                "now": db.utcnow(),
+            },
+        )
     return run_id
 
 
@@ -151,8 +188,12 @@ def save_results(catalog: Catalog, scorer_id: int, run_id: int, results: list[Pa
     kept (an example's zero-shot pass may be recomputed after an earlier run stored it)."""
     now = db.utcnow()
     with catalog.write() as conn:
-        db.execute(conn, """UPDATE score_run SET passes = passes + $n, tokens_run = tokens_run + $t
-                            WHERE run_id = $run""", {"n": len(results), "t": tokens_run, "run": run_id})
+        db.execute(
+            conn,
+            """UPDATE score_run SET passes = passes + $n, tokens_run = tokens_run + $t
+                            WHERE run_id = $run""",
+            {"n": len(results), "t": tokens_run, "run": run_id},
+        )
         for kind, table in (("zero", "zero_shot_loss"), ("one", "one_shot_loss")):
             rows = [r for r in results if r.kind == kind]
             if not rows:
@@ -163,8 +204,9 @@ def save_results(catalog: Catalog, scorer_id: int, run_id: int, results: list[Pa
                 "status": pa.array([r.status for r in rows], pa.string()),
                 "sum_nll": pa.array([r.sum_nll for r in rows], pa.float64()),
                 "n_response_tokens": pa.array([r.n_response_tokens for r in rows], pa.int32()),
-                "loss": pa.array([r.sum_nll / r.n_response_tokens if r.status == "ok" else None for r in rows],
-                                 pa.float64()),
+                "loss": pa.array(
+                    [r.sum_nll / r.n_response_tokens if r.status == "ok" else None for r in rows], pa.float64()
+                ),
                 "n_tokens": pa.array([r.n_tokens for r in rows], pa.int32()),
                 "run_id": pa.array([run_id] * len(rows), pa.int32()),
                 "computed_at": pa.array([now] * len(rows), pa.timestamp("us")),
@@ -180,4 +222,6 @@ def save_results(catalog: Catalog, scorer_id: int, run_id: int, results: list[Pa
 
 def finish_run(catalog: Catalog, run_id: int) -> None:
     with catalog.write() as conn:
-        db.execute(conn, "UPDATE score_run SET finished_at = $now WHERE run_id = $run", {"now": db.utcnow(), "run": run_id})
+        db.execute(
+            conn, "UPDATE score_run SET finished_at = $now WHERE run_id = $run", {"now": db.utcnow(), "run": run_id}
+        )

@@ -64,20 +64,30 @@ def selection_sql(request: Request) -> str:
         order = f"md5(sample_id::VARCHAR || ':{int(request.seed)}')"
     else:
         column, direction = STRATEGIES[request.strategy]
-        ranked = (f"SELECT sample_id, m.{column} AS score\n"
-                  f"    FROM pool JOIN miwv_scores m USING (sample_id)\n"
-                  f"    WHERE {_scores_of(request)} AND m.status = 'ok'")
+        ranked = (
+            f"SELECT sample_id, m.{column} AS score\n"
+            f"    FROM pool JOIN miwv_scores m USING (sample_id)\n"
+            f"    WHERE {_scores_of(request)} AND m.status = 'ok'"
+        )
         order = f"score {direction}, sample_id"
     if request.top_k is not None:
         limit = str(int(request.top_k))
     else:
         limit = f"(SELECT greatest(1, floor(count(*) * {float(request.top_percent)!r} / 100 + 0.5))::BIGINT FROM pool)"
-    return (f"WITH {_pool(request)},\nranked AS (\n    {ranked}\n)\n"
-            f"SELECT sample_id, score\nFROM ranked\nORDER BY {order}\nLIMIT {limit}")
+    return (
+        f"WITH {_pool(request)},\nranked AS (\n    {ranked}\n)\n"
+        f"SELECT sample_id, score\nFROM ranked\nORDER BY {order}\nLIMIT {limit}"
+    )
 
 
-def select(catalog: Catalog, request: Request, out: str | Path | None = None, file_format: str | None = None,
-           shape: str | None = None, with_scores: bool = False) -> tuple[Selection, Exported | None]:
+def select(
+    catalog: Catalog,
+    request: Request,
+    out: str | Path | None = None,
+    file_format: str | None = None,
+    shape: str | None = None,
+    with_scores: bool = False,
+) -> tuple[Selection, Exported | None]:
     """Run the selection query read-only (--where is user SQL), write the samples to `out` (if
     given; see catalog.export), then record the selection and its ranked members in one
     transaction. A failure at any step records nothing and leaves `out` as it was.
@@ -87,43 +97,79 @@ def select(catalog: Catalog, request: Request, out: str | Path | None = None, fi
         try:
             chosen = run_read_only(conn, sql, allowed=("SELECT",))
         except UserError as error:
-            raise UserError(f"--where {request.where!r} is not one SQL condition on the `samples` view "
-                            f"({error})") if request.where else error from None
+            raise (
+                UserError(f"--where {request.where!r} is not one SQL condition on the `samples` view ({error})")
+                if request.where
+                else error
+            ) from None
         reasons = dict(db.execute(conn, _eligibility_sql(request)))
     pool_size = sum(reasons.values())
     eligible = reasons.pop("eligible", 0)
     exported = None
     if out is not None:
-        exported = export_samples(catalog, chosen["sample_id"].to_pylist(), out, file_format, shape, with_scores,
-                                  request.scorer_id, request.embedder_id)
+        exported = export_samples(
+            catalog,
+            chosen["sample_id"].to_pylist(),
+            out,
+            file_format,
+            shape,
+            with_scores,
+            request.scorer_id,
+            request.embedder_id,
+        )
     with catalog.write() as conn:
         selection_id = db.execute(conn, "SELECT coalesce(max(selection_id), 0) + 1 FROM selection")[0][0]
-        db.execute(conn, """INSERT INTO selection VALUES ($id, (SELECT model FROM scorer WHERE scorer_id = $scorer),
+        db.execute(
+            conn,
+            """INSERT INTO selection VALUES ($id, (SELECT model FROM scorer WHERE scorer_id = $scorer),
                                    $scorer, (SELECT name FROM embedder WHERE embedder_id = $embedder), $strategy,
                                    $top_k, $top_percent, $seed, $dataset, $where, $pool, $eligible, $selected,
                                    $sql, $output, $now)""",
-                   {"id": selection_id, "scorer": request.scorer_id, "embedder": request.embedder_id,
-                    "strategy": request.strategy, "top_k": request.top_k, "top_percent": request.top_percent,
-                    "seed": request.seed if request.strategy == "random" else None, "dataset": request.dataset,
-                    "where": request.where, "pool": pool_size, "eligible": eligible, "selected": chosen.num_rows,
-                    "sql": sql, "output": str(exported.path.resolve()) if exported else None, "now": db.utcnow()})
-        db.insert_arrow(conn, "selection_member", pa.table({
-            "selection_id": pa.array([selection_id] * chosen.num_rows, pa.int32()),
-            "sample_id": chosen["sample_id"],
-            "rank": pa.array(range(1, chosen.num_rows + 1), pa.int32()),
-            "score": chosen["score"].cast(pa.float64()),
-        }))
-    return Selection(selection_id, sql, pool_size, eligible, reasons, chosen["sample_id"].to_pylist(),
-                     chosen["score"].to_pylist()), exported
+            {
+                "id": selection_id,
+                "scorer": request.scorer_id,
+                "embedder": request.embedder_id,
+                "strategy": request.strategy,
+                "top_k": request.top_k,
+                "top_percent": request.top_percent,
+                "seed": request.seed if request.strategy == "random" else None,
+                "dataset": request.dataset,
+                "where": request.where,
+                "pool": pool_size,
+                "eligible": eligible,
+                "selected": chosen.num_rows,
+                "sql": sql,
+                "output": str(exported.path.resolve()) if exported else None,
+                "now": db.utcnow(),
+            },
+        )
+        db.insert_arrow(
+            conn,
+            "selection_member",
+            pa.table(
+                {
+                    "selection_id": pa.array([selection_id] * chosen.num_rows, pa.int32()),
+                    "sample_id": chosen["sample_id"],
+                    "rank": pa.array(range(1, chosen.num_rows + 1), pa.int32()),
+                    "score": chosen["score"].cast(pa.float64()),
+                }
+            ),
+        )
+    return Selection(
+        selection_id, sql, pool_size, eligible, reasons, chosen["sample_id"].to_pylist(), chosen["score"].to_pylist()
+    ), exported
 
 
 def list_selections(catalog: Catalog) -> list[dict]:
     """Every recorded selection, newest first."""
     with catalog.read() as conn:
-        return db.query_arrow(conn, """
+        return db.query_arrow(
+            conn,
+            """
             SELECT selection_id, strategy, model, embedder, top_k, top_percent, seed, dataset, pool_where,
                    pool_size, eligible, selected, output, strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at
-            FROM selection ORDER BY selection_id DESC""").to_pylist()
+            FROM selection ORDER BY selection_id DESC""",
+        ).to_pylist()
 
 
 def _pool(request: Request) -> str:

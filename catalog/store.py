@@ -33,7 +33,9 @@ class Catalog:
         self.path = Path(path)
         if self.path.resolve() == Path(__file__).resolve().parent:
             raise UserError(f"{self.path} is the catalog source package; choose another --catalog directory")
-        self.busy_timeout = busy_timeout if busy_timeout is not None else float(os.environ.get("MIWV_BUSY_TIMEOUT", "10"))
+        self.busy_timeout = (
+            busy_timeout if busy_timeout is not None else float(os.environ.get("MIWV_BUSY_TIMEOUT", "10"))
+        )
         self._schema_checked = False
 
     @property

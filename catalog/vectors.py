@@ -40,8 +40,9 @@ class VectorTable:
             if self.name in db.list_tables().tables:
                 self._table = db.open_table(self.name)
             elif create:
-                schema = pa.schema([pa.field("sample_id", pa.int64()),
-                                    pa.field("vector", pa.list_(pa.float32(), self.dimension))])
+                schema = pa.schema(
+                    [pa.field("sample_id", pa.int64()), pa.field("vector", pa.list_(pa.float32(), self.dimension))]
+                )
                 self._table = db.create_table(self.name, schema=schema)
         return self._table
 
@@ -69,8 +70,9 @@ class VectorTable:
         else:
             import pyarrow.compute as pc
 
-            data = dataset.to_table(columns=["sample_id", "vector"],
-                                    filter=pc.field("sample_id").isin(pa.array(sample_ids, pa.int64())))
+            data = dataset.to_table(
+                columns=["sample_id", "vector"], filter=pc.field("sample_id").isin(pa.array(sample_ids, pa.int64()))
+            )
         ids = data["sample_id"].to_numpy()
         vectors = data["vector"].combine_chunks().flatten().to_numpy().reshape(len(ids), self.dimension)
         ids, first = np.unique(ids, return_index=True)  # sorted; a vector written twice counts once
@@ -102,9 +104,16 @@ class VectorTable:
         """
         table = self._open()
         nprobes = max(10, _partitions(table.count_rows()) // 4)
-        hits = (table.search(list(np.asarray(queries, np.float32)))
-                .distance_type(ANN_METRIC).nprobes(nprobes).ef(max(100, k * refine_factor))
-                .refine_factor(refine_factor).limit(k).select(["sample_id", "_distance"]).to_arrow())
+        hits = (
+            table.search(list(np.asarray(queries, np.float32)))
+            .distance_type(ANN_METRIC)
+            .nprobes(nprobes)
+            .ef(max(100, k * refine_factor))
+            .refine_factor(refine_factor)
+            .limit(k)
+            .select(["sample_id", "_distance"])
+            .to_arrow()
+        )
         return hits["query_index"].to_numpy(), hits["sample_id"].to_numpy()
 
 

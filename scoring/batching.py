@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 
-def pack(lengths: list[int], token_budget: int, max_batch: int, max_padding: float = 0.25,
-         min_tokens: int = 0) -> list[list[int]]:
+def pack(
+    lengths: list[int], token_budget: int, max_batch: int, max_padding: float = 0.25, min_tokens: int = 0
+) -> list[list[int]]:
     """Group indices of `lengths` into batches, longest first.
 
     A batch costs (its size x its longest sequence) padded tokens and stays within
@@ -18,9 +19,12 @@ def pack(lengths: list[int], token_budget: int, max_batch: int, max_padding: flo
     batches: list[list[int]] = []
     for index in order:
         batch = batches[-1] if batches else None
-        if batch and len(batch) < max_batch and (len(batch) + 1) * lengths[batch[0]] <= token_budget and (
-                lengths[batch[0]] <= (1 + max_padding) * lengths[index]
-                or len(batch) * lengths[batch[0]] < min_tokens):
+        if (
+            batch
+            and len(batch) < max_batch
+            and (len(batch) + 1) * lengths[batch[0]] <= token_budget
+            and (lengths[batch[0]] <= (1 + max_padding) * lengths[index] or len(batch) * lengths[batch[0]] < min_tokens)
+        ):
             batch.append(index)
         else:
             batches.append([index])

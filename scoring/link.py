@@ -37,8 +37,9 @@ class LinkResult:
     seconds: float
 
 
-def link_neighbours(catalog: Catalog, embedder: EmbedderRow, rebuild: bool = False, method: str = "auto",
-                    exact_limit: int = EXACT_LIMIT) -> LinkResult:
+def link_neighbours(
+    catalog: Catalog, embedder: EmbedderRow, rebuild: bool = False, method: str = "auto", exact_limit: int = EXACT_LIMIT
+) -> LinkResult:
     """Bring `embedder`'s neighbour links up to date with its vectors.
 
     Args:
@@ -64,27 +65,49 @@ def link_neighbours(catalog: Catalog, embedder: EmbedderRow, rebuild: bool = Fal
             mode, new = "full", points
             found = _with_progress(find, points, points, "linking (all)")
             previous, has_link = _lookup(stored, ids)
-            same = has_link & (previous.neighbour_ids == found.ids) & (
-                (previous.similarity == found.similarity) | (found.ids == NO_NEIGHBOUR))
+            same = (
+                has_link
+                & (previous.neighbour_ids == found.ids)
+                & ((previous.similarity == found.similarity) | (found.ids == NO_NEIGHBOUR))
+            )
             changed = Links(ids[~same], found.ids[~same], found.similarity[~same])
         else:
             mode, new, old = "incremental", points.subset(~known), points.subset(known)
             found = _with_progress(find, new, points, "linking (new)")
             previous, _ = _lookup(stored, old.ids)
-            challengers = _with_progress(nearest, old, new, "linking (old vs new)",
-                                         floor=np.nan_to_num(previous.similarity, nan=-np.inf))
+            challengers = _with_progress(
+                nearest, old, new, "linking (old vs new)", floor=np.nan_to_num(previous.similarity, nan=-np.inf)
+            )
             replace = beats(challengers.similarity, challengers.ids, previous.similarity, previous.neighbour_ids)
-            changed = Links(np.concatenate([new.ids, old.ids[replace]]),
-                            np.concatenate([found.ids, challengers.ids[replace]]),
-                            np.concatenate([found.similarity, challengers.similarity[replace]]))
+            changed = Links(
+                np.concatenate([new.ids, old.ids[replace]]),
+                np.concatenate([found.ids, challengers.ids[replace]]),
+                np.concatenate([found.similarity, challengers.similarity[replace]]),
+            )
         if len(new.ids) == 0:
             mode = "up-to-date"
         else:
-            save_links(catalog, embedder.embedder_id, changed, method="ann" if use_ann else "exact", mode=mode,
-                       samples=len(ids), new_samples=int((~known).sum()), started_at=started_at)
+            save_links(
+                catalog,
+                embedder.embedder_id,
+                changed,
+                method="ann" if use_ann else "exact",
+                mode=mode,
+                samples=len(ids),
+                new_samples=int((~known).sum()),
+                started_at=started_at,
+            )
         without = int(np.sum(current_links(catalog, embedder.embedder_id).neighbour_ids == NO_NEIGHBOUR))
-    return LinkResult(embedder.name, mode, "ann" if use_ann else "exact", len(ids), int((~known).sum()),
-                      len(changed.ids), without, time.monotonic() - started)
+    return LinkResult(
+        embedder.name,
+        mode,
+        "ann" if use_ann else "exact",
+        len(ids),
+        int((~known).sum()),
+        len(changed.ids),
+        without,
+        time.monotonic() - started,
+    )
 
 
 def _with_progress(find, queries: Points, candidates: Points, description: str, **options) -> Nearest:
@@ -100,7 +123,10 @@ def _lookup(stored: Links, ids: np.ndarray) -> tuple[Links, np.ndarray]:
     if len(stored.ids):
         position = np.searchsorted(stored.ids, ids).clip(max=len(stored.ids) - 1)
         found = stored.ids[position] == ids
-        neighbour_ids[found], similarity[found] = stored.neighbour_ids[position[found]], stored.similarity[position[found]]
+        neighbour_ids[found], similarity[found] = (
+            stored.neighbour_ids[position[found]],
+            stored.similarity[position[found]],
+        )
     return Links(ids, neighbour_ids, similarity), found
 
 
@@ -121,8 +147,9 @@ def _ann_finder(table: VectorTable, candidates_all: Points):
             cols = np.searchsorted(candidates.ids, hit_ids).clip(max=len(candidates.ids) - 1)
             keep = (candidates.ids[cols] == hit_ids) & (candidates.groups[cols] != queries.groups[chunk][rows])
             rows, cols = rows[keep], cols[keep]
-            rows, ids, sims = choose(rows, candidates.ids[cols],
-                                     pair_similarity(queries.vectors[chunk][rows], candidates.vectors[cols]))
+            rows, ids, sims = choose(
+                rows, candidates.ids[cols], pair_similarity(queries.vectors[chunk][rows], candidates.vectors[cols])
+            )
             out_ids[start + rows], out_sim[start + rows] = ids, sims
             if on_block is not None:
                 on_block(len(queries.ids[chunk]))

@@ -44,8 +44,9 @@ class Piece:
 
 
 @torch.inference_mode()
-def extend(model, pieces: list[Piece], pad_id: int, past: Past | None = None, rows: list[int] | None = None,
-           keep: bool = False) -> tuple[list[float], Past | None]:
+def extend(
+    model, pieces: list[Piece], pad_id: int, past: Past | None = None, rows: list[int] | None = None, keep: bool = False
+) -> tuple[list[float], Past | None]:
     """Run `pieces` (row i continuing row rows[i] of `past`, if given).
 
     Returns each piece's summed response NLL (float64; 0.0 where n_response is 0), and, with
@@ -75,8 +76,9 @@ def extend(model, pieces: list[Piece], pad_id: int, past: Past | None = None, ro
         mask = None if bool(past_valid[:, :used].all()) else valid.long()
     positions = start[:, None] + torch.arange(longest, device=device)[None, :]  # each row continues its own prefix
 
-    output = model.get_decoder()(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions,
-                                 cache=cache, use_cache=keep)
+    output = model.get_decoder()(
+        input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions, cache=cache, use_cache=keep
+    )
     sums = _response_nll(model, output.last_hidden_state, pieces)
     return sums, (Past(output.cache, valid) if keep else None)
 
@@ -85,9 +87,12 @@ def _select_rows(cache, index: torch.Tensor, slots: int):
     """A new cache holding the first `slots` slots of rows `index` of `cache` (rows may repeat)."""
     from transformers import DynamicCache
 
-    return DynamicCache(ddp_cache_data=[(layer.keys[:, :, :slots].index_select(0, index),
-                                         layer.values[:, :, :slots].index_select(0, index))
-                                        for layer in cache.layers])
+    return DynamicCache(
+        ddp_cache_data=[
+            (layer.keys[:, :, :slots].index_select(0, index), layer.values[:, :, :slots].index_select(0, index))
+            for layer in cache.layers
+        ]
+    )
 
 
 def _response_nll(model, hidden: torch.Tensor, pieces: list[Piece]) -> list[float]:

@@ -12,7 +12,7 @@ Results are the same as running every sequence alone, up to float rounding.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from catalog.scores import PassResult, PendingSample
 from scoring.batching import pack
@@ -33,6 +33,14 @@ class _Pass:
     sequence: Sequence
 
 
+@dataclass
+class _Plan:
+    prefixes: dict[int, _Pass] = field(default_factory=dict)  # sample_id -> zero-shot pass (targets' and examples')
+    continuations: dict[int, list[tuple[_Pass, Piece]]] = field(default_factory=dict)  # example id -> one-shots
+    whole: list[_Pass] = field(default_factory=list)  # one-shots that run from scratch
+    unscorable: list[PassResult] = field(default_factory=list)
+
+
 class PassRunner:
     """Runs passes for one model.
 
@@ -45,48 +53,59 @@ class PassRunner:
         max_padding, min_tokens: how much padding a batch accepts (see batching.pack).
     """
 
-    def __init__(self, model, builder: SequenceBuilder, pad_id: int, token_budget: int, max_batch: int,
-                 max_padding: float, min_tokens: int) -> None:
+    def __init__(
+        self,
+        model,
+        builder: SequenceBuilder,
+        pad_id: int,
+        token_budget: int,
+        max_batch: int,
+        max_padding: float,
+        min_tokens: int,
+    ) -> None:
         self.model, self.builder, self.pad_id = model, builder, pad_id
         self.token_budget, self.max_batch = token_budget, max_batch
         self.max_padding, self.min_tokens = max_padding, min_tokens
 
     def run(self, targets: list[PendingSample], emit: Emit) -> None:
         """Compute every pass `targets` need, calling `emit` after each batch."""
-        prefixes: dict[int, _Pass] = {}  # sample_id -> its zero-shot pass (targets' and examples')
-        continuations: dict[int, list[tuple[_Pass, Piece]]] = {}  # example sample_id -> one-shots continuing it
-        whole: list[_Pass] = []  # one-shots that run from scratch
-        unscorable: list[PassResult] = []
+        plan = self._plan(targets)
+        if plan.unscorable:
+            emit(plan.unscorable, 0)
+        self._run_prefixes(list(plan.prefixes.values()), plan.continuations, emit)
+        for batch in self._batches(plan.whole, lambda p: len(p.sequence.ids)):
+            sums, _, tokens = self._run_sequences(batch, keep=False)
+            emit([_result(p, s) for p, s in zip(batch, sums, strict=True)], tokens)
+
+    def _plan(self, targets: list[PendingSample]) -> _Plan:
+        """Build every sequence; attach each one-shot to its example's zero-shot pass where its ids start with it."""
+        plan = _Plan()
         for target in targets:
             zero = self.builder.zero_shot(target.messages)
             if target.need_zero:
                 if isinstance(zero, Sequence):
-                    prefixes[target.sample_id] = _Pass("zero", target.sample_id, None, zero)
+                    plan.prefixes[target.sample_id] = _Pass("zero", target.sample_id, None, zero)
                 else:
-                    unscorable.append(PassResult("zero", target.sample_id, None, zero.status))
+                    plan.unscorable.append(PassResult("zero", target.sample_id, None, zero.status))
             if not target.need_one:
                 continue
-            if isinstance(zero, Unscorable):
-                unscorable.append(PassResult("one", target.sample_id, target.neighbour_id, zero.status))
-                continue
-            one = self.builder.one_shot(target.messages, target.neighbour_messages)
-            if isinstance(one, Unscorable):
-                unscorable.append(PassResult("one", target.sample_id, target.neighbour_id, one.status))
+            one = (
+                zero
+                if isinstance(zero, Unscorable)
+                else self.builder.one_shot(target.messages, target.neighbour_messages)
+            )
+            if isinstance(one, Unscorable):  # too_long (the sample alone) or too_long_one_shot
+                plan.unscorable.append(PassResult("one", target.sample_id, target.neighbour_id, one.status))
                 continue
             one_pass = _Pass("one", target.sample_id, target.neighbour_id, one)
-            example = prefixes.get(target.neighbour_id) or self._example_pass(target)
+            example = plan.prefixes.get(target.neighbour_id) or self._example_pass(target)
             if example is not None and one.ids[: len(example.sequence.ids)] == example.sequence.ids:
-                prefixes[target.neighbour_id] = example
+                plan.prefixes[target.neighbour_id] = example
                 suffix = Piece(one.ids[len(example.sequence.ids) :], one.n_response)
-                continuations.setdefault(target.neighbour_id, []).append((one_pass, suffix))
+                plan.continuations.setdefault(target.neighbour_id, []).append((one_pass, suffix))
             else:
-                whole.append(one_pass)
-        if unscorable:
-            emit(unscorable, 0)
-        self._run_prefixes(list(prefixes.values()), continuations, emit)
-        for batch in self._batches(whole, lambda p: len(p.sequence.ids)):
-            sums, _, tokens = self._run_sequences(batch, keep=False)
-            emit([_result(p, s) for p, s in zip(batch, sums, strict=True)], tokens)
+                plan.whole.append(one_pass)
+        return plan
 
     def _example_pass(self, target: PendingSample) -> _Pass | None:
         zero = self.builder.zero_shot(target.neighbour_messages)
@@ -95,15 +114,19 @@ class PassRunner:
     def _run_prefixes(self, prefixes: list[_Pass], continuations: dict, emit: Emit) -> None:
         """Run prefix batches; after each, the one-shot passes continuing its rows."""
         for batch in self._batches(prefixes, lambda p: len(p.sequence.ids)):
-            followers = [(row, one, suffix) for row, p in enumerate(batch)
-                         for one, suffix in continuations.get(p.sample_id, [])]
+            followers = [
+                (row, one, suffix) for row, p in enumerate(batch) for one, suffix in continuations.get(p.sample_id, [])
+            ]
             sums, past, tokens = self._run_sequences(batch, keep=bool(followers))
             emit([_result(p, s) for p, s in zip(batch, sums, strict=True)], tokens)
             for group in self._batches(followers, lambda f: len(f[2].ids)):
-                sums, _ = extend(self.model, [suffix for _, _, suffix in group], self.pad_id, past,
-                                 rows=[row for row, _, _ in group])
-                emit([_result(one, s) for (_, one, _), s in zip(group, sums, strict=True)],
-                     sum(len(suffix.ids) for _, _, suffix in group))
+                sums, _ = extend(
+                    self.model, [suffix for _, _, suffix in group], self.pad_id, past, rows=[row for row, _, _ in group]
+                )
+                emit(
+                    [_result(one, s) for (_, one, _), s in zip(group, sums, strict=True)],
+                    sum(len(suffix.ids) for _, _, suffix in group),
+                )
 
     def _run_sequences(self, batch: list[_Pass], keep: bool) -> tuple[list[float], Past | None, int]:
         """Run whole sequences; leading tokens shared by every row run once."""
@@ -118,9 +141,12 @@ class PassRunner:
         return sums, past, shared + sum(len(p.ids) for p in rest)
 
     def _batches(self, items: list, length: Callable) -> list[list]:
-        return [[items[i] for i in batch]
-                for batch in pack([length(item) for item in items], self.token_budget, self.max_batch,
-                                  self.max_padding, self.min_tokens)]
+        return [
+            [items[i] for i in batch]
+            for batch in pack(
+                [length(item) for item in items], self.token_budget, self.max_batch, self.max_padding, self.min_tokens
+            )
+        ]
 
 
 def _common_prefix(sequences: list[Sequence]) -> int:
@@ -136,5 +162,13 @@ def _common_prefix(sequences: list[Sequence]) -> int:
 
 def _result(item: _Pass, sum_nll: float) -> PassResult:
     sequence = item.sequence
-    return PassResult(item.kind, item.sample_id, item.neighbour_id, "ok", sum_nll, sequence.n_response,
-                      len(sequence.ids), sequence.example_truncated)
+    return PassResult(
+        item.kind,
+        item.sample_id,
+        item.neighbour_id,
+        "ok",
+        sum_nll,
+        sequence.n_response,
+        len(sequence.ids),
+        sequence.example_truncated,
+    )

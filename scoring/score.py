@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from catalog import Catalog
 from catalog.embeddings import find_embedder
 from catalog.progress import Meter
-from catalog.scores import PassResult, PendingSample, finish_run, pending_samples, register_scorer, save_results, start_run
+from catalog.scores import (
+    PassResult,
+    PendingSample,
+    finish_run,
+    pending_samples,
+    register_scorer,
+    save_results,
+    start_run,
+)
 from scoring.device import pick_device, pick_dtype
 from scoring.lm import choose_template, default_max_length, load_model, load_tokenizer, pad_id
 from scoring.models import resolve_model
@@ -44,10 +52,20 @@ class ScoreResult:
     seconds: float
 
 
-def score_catalog(catalog: Catalog, model: str, *, embedder: str | None = None, template: str | None = None,
-                  max_length: int | None = None, device: str = "auto", dtype: str | None = None,
-                  dataset: str | None = None, limit: int | None = None, token_budget: int | None = None,
-                  max_batch: int | None = None) -> ScoreResult:
+def score_catalog(
+    catalog: Catalog,
+    model: str,
+    *,
+    embedder: str | None = None,
+    template: str | None = None,
+    max_length: int | None = None,
+    device: str = "auto",
+    dtype: str | None = None,
+    dataset: str | None = None,
+    limit: int | None = None,
+    token_budget: int | None = None,
+    max_batch: int | None = None,
+) -> ScoreResult:
     """Compute the missing losses of `model` over the pool.
 
     Args:
@@ -73,41 +91,85 @@ def score_catalog(catalog: Catalog, model: str, *, embedder: str | None = None, 
     with catalog.job("score"):
         scorer = register_scorer(catalog, spec.name, spec.source, spec.fingerprint, template, max_length, dtype_name)
         pool = pending_samples(catalog, scorer.scorer_id, links.embedder_id, dataset, limit)
-        passes = unscorable = tokens = 0
+        recorder = None
         if pool.pending:
             run_id = start_run(catalog, scorer.scorer_id, links.embedder_id, device, pool.samples, len(pool.pending))
             budget, rows, slack, min_tokens = BATCHING["cuda" if device.startswith("cuda") else "cpu"]
-            runner = PassRunner(load_model(spec, device, torch_dtype), SequenceBuilder(tokenizer, template, max_length),
-                                pad_id(tokenizer), token_budget or budget, max_batch or rows, slack, min_tokens)
-            needed = {(p.sample_id, kind) for p in pool.pending for kind, need in (("zero", p.need_zero), ("one", p.need_one)) if need}
-            remaining = {p.sample_id: p.need_zero + p.need_one for p in pool.pending}
-            writes: list[Future] = []
-            with Meter(f"scoring ({spec.name})", len(pool.pending), "samples", "tokens") as meter, \
-                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-writer") as writer:
-
-                def emit(results: list[PassResult], tokens_run: int) -> None:
-                    nonlocal passes, unscorable, tokens
-                    writes.append(writer.submit(save_results, catalog, scorer.scorer_id, run_id, results, tokens_run))
-                    while writes and writes[0].done():
-                        writes.pop(0).result()  # surfaces a failed write at once
-                    done = 0
-                    for result in results:  # an example's zero-shot pass may serve a sample that had one
-                        if (result.sample_id, result.kind) in needed:
-                            needed.discard((result.sample_id, result.kind))
-                            remaining[result.sample_id] -= 1
-                            done += remaining[result.sample_id] == 0
-                    passes += len(results)
-                    unscorable += sum(r.status != "ok" for r in results)
-                    tokens += tokens_run
-                    meter.advance(done, second=tokens_run)
-
+            runner = PassRunner(
+                load_model(spec, device, torch_dtype),
+                SequenceBuilder(tokenizer, template, max_length),
+                pad_id(tokenizer),
+                token_budget or budget,
+                max_batch or rows,
+                slack,
+                min_tokens,
+            )
+            with (
+                Meter(f"scoring ({spec.name})", len(pool.pending), "samples", "tokens") as meter,
+                _Recorder(catalog, scorer.scorer_id, run_id, pool.pending, meter) as recorder,
+            ):
                 for chunk in _chunks(pool.pending, CHUNK):
-                    runner.run(chunk, emit)
-            for write in writes:
-                write.result()
+                    runner.run(chunk, recorder.emit)
             finish_run(catalog, run_id)
-    return ScoreResult(spec.name, scorer.scorer_id, template, max_length, device, pool.samples, pool.not_linked,
-                       len(pool.pending), passes, unscorable, tokens, time.monotonic() - started)
+    passes, unscorable, tokens = (recorder.passes, recorder.unscorable, recorder.tokens) if recorder else (0, 0, 0)
+    return ScoreResult(
+        spec.name,
+        scorer.scorer_id,
+        template,
+        max_length,
+        device,
+        pool.samples,
+        pool.not_linked,
+        len(pool.pending),
+        passes,
+        unscorable,
+        tokens,
+        time.monotonic() - started,
+    )
+
+
+class _Recorder:
+    """Receives each batch's results: commits them on a writer thread (in order, one transaction
+    each), counts passes and tokens, and advances the progress bar by the samples completed.
+    Leaving the block waits for every queued write, also on Ctrl-C, so no finished batch is lost.
+    """
+
+    def __init__(
+        self, catalog: Catalog, scorer_id: int, run_id: int, pending: list[PendingSample], meter: Meter
+    ) -> None:
+        self.catalog, self.scorer_id, self.run_id, self.meter = catalog, scorer_id, run_id, meter
+        self.needed = {
+            (p.sample_id, kind) for p in pending for kind, need in (("zero", p.need_zero), ("one", p.need_one)) if need
+        }
+        self.remaining = {p.sample_id: p.need_zero + p.need_one for p in pending}
+        self.passes = self.unscorable = self.tokens = 0
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-writer")
+        self.writes: list[Future] = []
+
+    def __enter__(self) -> _Recorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.writer.shutdown(wait=True)
+        for write in self.writes:
+            write.result()
+
+    def emit(self, results: list[PassResult], tokens_run: int) -> None:
+        self.writes.append(
+            self.writer.submit(save_results, self.catalog, self.scorer_id, self.run_id, results, tokens_run)
+        )
+        while self.writes and self.writes[0].done():
+            self.writes.pop(0).result()  # a failed write surfaces at once
+        done = 0
+        for result in results:  # an example's zero-shot pass may also serve a sample that had one
+            if (result.sample_id, result.kind) in self.needed:
+                self.needed.discard((result.sample_id, result.kind))
+                self.remaining[result.sample_id] -= 1
+                done += self.remaining[result.sample_id] == 0
+        self.passes += len(results)
+        self.unscorable += sum(r.status != "ok" for r in results)
+        self.tokens += tokens_run
+        self.meter.advance(done, second=tokens_run)
 
 
 def _chunks(pending: list[PendingSample], size: int) -> list[list[PendingSample]]:

@@ -55,7 +55,9 @@ class SequenceBuilder:
         self.template = template
         self.max_length = max_length
         ids = tokenizer("x").input_ids
-        self._bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id else []
+        self._bos = (
+            [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id else []
+        )
 
     def response_ids(self, messages: Messages) -> list[int]:
         """The scored ids: the last assistant turn, tokenised alone."""
@@ -110,8 +112,9 @@ class SequenceBuilder:
         """Ids of `turns` (ending with a user turn) followed by the assistant's generation prompt."""
         if self.template == "chat":
             chat = [{"role": role, "content": content} for role, content in turns]
-            return list(self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
-                                                           return_dict=False))
+            return list(
+                self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
+            )
         return self._bos + self.tokenizer(alpaca_prompt(turns), add_special_tokens=False).input_ids
 
 

@@ -24,7 +24,9 @@ def sql_rows(cli_run, query: str) -> list[dict]:
 
 
 def links(cli_run, embedder: str = "minilm") -> dict[int, tuple[int | None, float | None]]:
-    rows = sql_rows(cli_run, f"SELECT sample_id, neighbour_id, similarity FROM neighbours WHERE embedder = '{embedder}'")
+    rows = sql_rows(
+        cli_run, f"SELECT sample_id, neighbour_id, similarity FROM neighbours WHERE embedder = '{embedder}'"
+    )
     return {r["sample_id"]: (r["neighbour_id"], r["similarity"]) for r in rows}
 
 
@@ -36,9 +38,12 @@ def test_embed_links_every_sample_to_its_nearest_other_user_text(tmp_path, cli_r
     result = cli_run("embed")
     assert result.exit_code == 0, result.output
     assert "65 embedded" in result.output and "65 links written" in result.output
-    pairs = sql_rows(cli_run, """
+    pairs = sql_rows(
+        cli_run,
+        """
         SELECT n.sample_id, s.user_text, t.user_text AS neighbour_text, n.similarity
-        FROM neighbours n JOIN samples s USING (sample_id) JOIN samples t ON t.sample_id = n.neighbour_id""")
+        FROM neighbours n JOIN samples s USING (sample_id) JOIN samples t ON t.sample_id = n.neighbour_id""",
+    )
     assert len(pairs) == 65
     assert all(p["user_text"] != p["neighbour_text"] for p in pairs)
     assert all(-1.0 <= p["similarity"] <= 1.0 + 1e-6 for p in pairs)
@@ -80,8 +85,10 @@ def test_incremental_links_equal_a_full_recompute_on_real_data(tmp_path, cli_run
     changed_old = sum(incremental[s] != before[s] for s in before)
     assert 0 < changed_old < len(before)  # some old samples found a nearer new one, most did not
     written = sql_rows(cli_run, "SELECT links_changed, new_samples FROM neighbour_run ORDER BY run_id")[-1]
-    assert written == {"links_changed": changed_old + len(incremental) - len(before),
-                       "new_samples": len(incremental) - len(before)}
+    assert written == {
+        "links_changed": changed_old + len(incremental) - len(before),
+        "new_samples": len(incremental) - len(before),
+    }
 
     rebuilt = cli_run("neighbours", "--rebuild")
     assert "0 links written" in rebuilt.output  # identical to the incremental result
@@ -93,8 +100,12 @@ def test_incremental_links_equal_a_full_recompute_on_real_data(tmp_path, cli_run
     whole = tmp_path / "whole.jsonl"
     whole.write_text("\n".join(lines[:1000]) + "\n", encoding="utf-8")
     env = {**os.environ, "MIWV_CATALOG": str(other)}
-    subprocess.run([sys.executable, str(REPO / "cli.py"), "ingest", str(whole), "--skip-invalid"], env=env, check=True,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "cli.py"), "ingest", str(whole), "--skip-invalid"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     subprocess.run([sys.executable, str(REPO / "cli.py"), "embed"], env=env, check=True, capture_output=True)
     at_once = Catalog(other)
     with at_once.read() as conn:
@@ -119,9 +130,14 @@ def test_two_embedders_keep_their_vectors_and_links_side_by_side(tmp_path, cli_r
     assert "cls pooling" in cls.output and "80 embedded" in cls.output
     status = json.loads(cli_run("status", "--json").output)
     assert [(e["name"], e["pooling"], e["embedded"], e["linked"]) for e in status["embedders"]] == [
-        ("minilm", "mean", 80, 80), ("minilm", "cls", 80, 80)]
-    by_pooling = sql_rows(cli_run, """SELECT e.pooling, count(*) AS n FROM neighbour_link l
-                                      JOIN embedder e USING (embedder_id) GROUP BY 1 ORDER BY 1""")
+        ("minilm", "mean", 80, 80),
+        ("minilm", "cls", 80, 80),
+    ]
+    by_pooling = sql_rows(
+        cli_run,
+        """SELECT e.pooling, count(*) AS n FROM neighbour_link l
+                                      JOIN embedder e USING (embedder_id) GROUP BY 1 ORDER BY 1""",
+    )
     assert by_pooling == [{"pooling": "cls", "n": 80}, {"pooling": "mean", "n": 80}]
     mean = links(cli_run)
     assert len(mean) == 80 and "--embedder" not in cli_run("neighbours").output  # default: minilm, mean
@@ -138,8 +154,12 @@ def test_unknown_embedder_is_one_clear_error(tmp_path, cli_run):
 def test_a_killed_embed_keeps_whole_batches_and_the_rerun_finishes(tmp_path, catalog_dir):
     env = {**os.environ, "MIWV_CATALOG": str(catalog_dir)}
     cli = [sys.executable, str(REPO / "cli.py")]
-    subprocess.run([*cli, "ingest", str(SHARED_DATA / "code_alpaca_2k.jsonl"), "--skip-invalid"], env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*cli, "ingest", str(SHARED_DATA / "code_alpaca_2k.jsonl"), "--skip-invalid"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     process = subprocess.Popen([*cli, "embed"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     catalog = Catalog(catalog_dir)
     deadline = time.monotonic() + 120

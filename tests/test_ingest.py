@@ -29,8 +29,10 @@ def sample_ids(catalog_dir: Path) -> set[int]:
 
 def table_counts(catalog_dir: Path) -> dict[str, int]:
     with Catalog(catalog_dir).read() as conn:
-        return {t: db.execute(conn, f"SELECT count(*) FROM {t}")[0][0]
-                for t in ("sample", "membership", "ingest_batch", "ingest_reject")}
+        return {
+            t: db.execute(conn, f"SELECT count(*) FROM {t}")[0][0]
+            for t in ("sample", "membership", "ingest_batch", "ingest_reject")
+        }
 
 
 def expected_ids(records: list[dict]) -> set[int]:
@@ -146,8 +148,11 @@ def test_skip_invalid_ingests_the_rest_and_records_the_rejects(tmp_path, catalog
     assert result.exit_code == 0
     assert json.loads(result.output)["rows_rejected"] == 2
     assert sample_ids(catalog_dir) == expected_ids(fixture_records()[:20])
-    rejects = json.loads("[" + ",".join(cli_run("sql", "SELECT line, reason FROM rejects ORDER BY line", "--json")
-                                        .output.splitlines()) + "]")
+    rejects = json.loads(
+        "["
+        + ",".join(cli_run("sql", "SELECT line, reason FROM rejects ORDER BY line", "--json").output.splitlines())
+        + "]"
+    )
     assert [r["line"] for r in rejects] == [4, 10]
     assert "empty response" in rejects[0]["reason"] and "invalid JSON" in rejects[1]["reason"]
 
@@ -172,15 +177,22 @@ def test_file_level_problems_are_one_clear_error(tmp_path, catalog_dir, cli_run)
 
 def test_a_killed_ingest_leaves_nothing_and_a_rerun_completes(tmp_path, catalog_dir):
     """Kill `cli.py ingest` part-way through a large real file; the catalog must be as before."""
-    base = [json.loads(line) for path in sorted(SHARED_DATA.glob("*.jsonl"))
-            for line in path.read_text(encoding="utf-8").splitlines()]
+    base = [
+        json.loads(line)
+        for path in sorted(SHARED_DATA.glob("*.jsonl"))
+        for line in path.read_text(encoding="utf-8").splitlines()
+    ]
     big = [{**r, "output": f"{r['output']} [{i}]"} for i in range(4) for r in base if r["output"].strip()]
     path = write_jsonl(tmp_path / "big.jsonl", big)
     env = {**os.environ, "MIWV_CATALOG": str(catalog_dir)}
     command = [sys.executable, str(REPO / "cli.py"), "ingest", str(path), "--dataset", "big"]
 
-    subprocess.run([*command[:2], "ingest", str(write_jsonl(tmp_path / "seed.jsonl", fixture_records()[:5]))],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*command[:2], "ingest", str(write_jsonl(tmp_path / "seed.jsonl", fixture_records()[:5]))],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     seed = table_counts(catalog_dir)
     started = time.monotonic()
     full = subprocess.run(command, env={**env, "MIWV_CATALOG": str(tmp_path / "timing")}, capture_output=True)

@@ -45,7 +45,7 @@ def test_continuing_a_cached_prefix_equals_the_whole_sequence(tiny_llama, smollm
     _, past = extend(tiny_llama, [Piece(s.ids, s.n_response) for s in examples], pad_id=2, keep=True)
     pairs = [(5, 0), (6, 1), (7, 2), (8, 0)]  # (target, example row)
     ones = [builder.one_shot(messages[t], messages[e]) for t, e in pairs]
-    suffixes = [Piece(one.ids[len(examples[e].ids):], one.n_response) for one, (_, e) in zip(ones, pairs, strict=True)]
+    suffixes = [Piece(one.ids[len(examples[e].ids) :], one.n_response) for one, (_, e) in zip(ones, pairs, strict=True)]
     assert all(one.ids[: len(examples[e].ids)] == examples[e].ids for one, (_, e) in zip(ones, pairs, strict=True))
     sums, _ = extend(tiny_llama, suffixes, pad_id=2, past=past, rows=[e for _, e in pairs])
     for one, total in zip(ones, sums, strict=True):
@@ -56,20 +56,26 @@ def test_the_pass_runner_matches_every_sequence_alone(tiny_llama, smollm2, messa
     """Neighbours inside and outside the group, a truncated example (runs whole), an unscorable sample."""
     _, tokenizer, _ = smollm2
     builder = SequenceBuilder(tokenizer, "chat", 600)
-    long_example = to_sample({"instruction": "List numbers.", "input": "",
-                              "output": " ".join(map(str, range(400)))}, "alpaca").messages
+    long_example = to_sample(
+        {"instruction": "List numbers.", "input": "", "output": " ".join(map(str, range(400)))}, "alpaca"
+    ).messages
     too_long = to_sample({"instruction": "Repeat.", "input": "", "output": "word " * 700}, "alpaca").messages
     targets = [PendingSample(i, messages[i], (i + 1) % 20, messages[(i + 1) % 20], True, True) for i in range(20)]
-    targets += [PendingSample(20, messages[20], 30, messages[30], False, True),  # example outside the group
-                PendingSample(21, messages[21], 99, long_example, True, True),  # example gets truncated
-                PendingSample(22, too_long, 0, messages[0], True, True)]
+    targets += [
+        PendingSample(20, messages[20], 30, messages[30], False, True),  # example outside the group
+        PendingSample(21, messages[21], 99, long_example, True, True),  # example gets truncated
+        PendingSample(22, too_long, 0, messages[0], True, True),
+    ]
     results = []
     PassRunner(tiny_llama, builder, 2, token_budget=900, max_batch=4, max_padding=0.1, min_tokens=0).run(
-        targets, lambda batch, tokens: results.extend(batch))
+        targets, lambda batch, tokens: results.extend(batch)
+    )
     by_key = {(r.kind, r.sample_id): r for r in results}
     for target in targets:
-        for kind, sequence in (("zero", builder.zero_shot(target.messages)),
-                               ("one", builder.one_shot(target.messages, target.neighbour_messages))):
+        for kind, sequence in (
+            ("zero", builder.zero_shot(target.messages)),
+            ("one", builder.one_shot(target.messages, target.neighbour_messages)),
+        ):
             if kind == "zero" and not target.need_zero:
                 continue
             result = by_key[(kind, target.sample_id)]

@@ -26,51 +26,90 @@ def create_at(path: Path, revision: str) -> None:
 
 def seed_0001(conn) -> None:
     """Real rows, a membership each, one batch and one reject, as revision 0001 stores them."""
-    db.execute(conn, """INSERT INTO ingest_batch VALUES (1, '/data/mixed_180.jsonl', 'mix', 'jsonl', 'alpaca',
-                        'abc', '2026-11-01 10:00:00', '2026-11-01 10:00:01', 181, 180, 0, 1)""")
+    db.execute(
+        conn,
+        """INSERT INTO ingest_batch VALUES (1, '/data/mixed_180.jsonl', 'mix', 'jsonl', 'alpaca',
+                        'abc', '2026-11-01 10:00:00', '2026-11-01 10:00:01', 181, 180, 0, 1)""",
+    )
     for row, record in enumerate(fixture_records(), start=1):
         sample = to_sample(record, "alpaca")
         messages = [{"role": r, "content": c} for r, c in sample.messages]
-        db.execute(conn, """INSERT INTO sample VALUES ($id, $messages, $instruction, $input, $output, $user_text,
+        db.execute(
+            conn,
+            """INSERT INTO sample VALUES ($id, $messages, $instruction, $input, $output, $user_text,
                             1, $extra, '2026-11-01 10:00:01', 1)""",
-                   {"id": sample.sample_id, "messages": messages, "instruction": sample.instruction,
-                    "input": sample.input, "output": sample.output, "user_text": sample.user_text,
-                    "extra": json.dumps(sample.extra) if sample.extra else None})
+            {
+                "id": sample.sample_id,
+                "messages": messages,
+                "instruction": sample.instruction,
+                "input": sample.input,
+                "output": sample.output,
+                "user_text": sample.user_text,
+                "extra": json.dumps(sample.extra) if sample.extra else None,
+            },
+        )
         db.execute(conn, "INSERT INTO membership VALUES ($id, 'mix', 1, $row)", {"id": sample.sample_id, "row": row})
     db.execute(conn, "INSERT INTO ingest_reject VALUES (1, 181, 'empty response', '{}')")
 
 
 def seed_0002(conn) -> None:
     """An embedder, a neighbour run, and a link for every seeded sample (its successor by id)."""
-    db.execute(conn, """INSERT INTO embedder VALUES (1, 'minilm', '/models/minilm', 384, 'mean', true, 256, 'f00d',
-                        '2026-11-02 10:00:00')""")
-    db.execute(conn, """INSERT INTO neighbour_run VALUES (1, 1, 'exact', 'full', 180, 180, 180,
-                        '2026-11-02 10:00:00', '2026-11-02 10:00:05')""")
-    db.execute(conn, """INSERT INTO neighbour_link
+    db.execute(
+        conn,
+        """INSERT INTO embedder VALUES (1, 'minilm', '/models/minilm', 384, 'mean', true, 256, 'f00d',
+                        '2026-11-02 10:00:00')""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO neighbour_run VALUES (1, 1, 'exact', 'full', 180, 180, 180,
+                        '2026-11-02 10:00:00', '2026-11-02 10:00:05')""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO neighbour_link
                         SELECT sample_id, 1, lead(sample_id) OVER (ORDER BY sample_id), 0.5, 1, '2026-11-02 10:00:05'
-                        FROM sample""")
+                        FROM sample""",
+    )
 
 
 def seed_0003(conn) -> None:
     """A scorer, a finished run, zero-shot and one-shot losses (one too long) for the seeded samples."""
-    db.execute(conn, """INSERT INTO scorer VALUES (1, 'smollm2-135m', 'SmolLM2.gguf', 'beef', 'chat', 4096, 'float32',
-                        '2026-11-03 10:00:00')""")
-    db.execute(conn, """INSERT INTO score_run VALUES (1, 1, 1, 'cpu', 180, 180, 360, 50000, '2026-11-03 10:00:00',
-                        '2026-11-03 10:05:00')""")
-    db.execute(conn, """INSERT INTO zero_shot_loss
-                        SELECT sample_id, 1, 'ok', 20.0, 10, 2.0, 100, 1, '2026-11-03 10:05:00' FROM sample""")
-    db.execute(conn, """INSERT INTO one_shot_loss
+    db.execute(
+        conn,
+        """INSERT INTO scorer VALUES (1, 'smollm2-135m', 'SmolLM2.gguf', 'beef', 'chat', 4096, 'float32',
+                        '2026-11-03 10:00:00')""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO score_run VALUES (1, 1, 1, 'cpu', 180, 180, 360, 50000, '2026-11-03 10:00:00',
+                        '2026-11-03 10:05:00')""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO zero_shot_loss
+                        SELECT sample_id, 1, 'ok', 20.0, 10, 2.0, 100, 1, '2026-11-03 10:05:00' FROM sample""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO one_shot_loss
                         SELECT sample_id, 1, neighbour_id, 'ok', 15.0, 10, 1.5, 200, 1, '2026-11-03 10:05:00', false
-                        FROM neighbour_link WHERE neighbour_id IS NOT NULL""")
+                        FROM neighbour_link WHERE neighbour_id IS NOT NULL""",
+    )
 
 
 def seed_0004(conn) -> None:
     """A recorded selection of the 18 seeded samples with the highest MIWV."""
-    db.execute(conn, """INSERT INTO selection VALUES (1, 'smollm2-135m', 1, 'minilm', 'miwv', NULL, 10.0, NULL, NULL,
-                        NULL, 180, 180, 18, 'WITH pool AS (...) SELECT ...', '/tmp/top.jsonl', '2026-11-04 10:00:00')""")
-    db.execute(conn, """INSERT INTO selection_member
+    db.execute(
+        conn,
+        """INSERT INTO selection VALUES (1, 'smollm2-135m', 1, 'minilm', 'miwv', NULL, 10.0, NULL, NULL, NULL,
+                        180, 180, 18, 'WITH pool AS (...) SELECT ...', '/tmp/top.jsonl', '2026-11-04 10:00:00')""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO selection_member
                         SELECT 1, sample_id, row_number() OVER (ORDER BY sample_id), -0.5
-                        FROM sample ORDER BY sample_id LIMIT 18""")
+                        FROM sample ORDER BY sample_id LIMIT 18""",
+    )
 
 
 SEEDS = {"0001": seed_0001, "0002": seed_0002, "0003": seed_0003, "0004": seed_0004}
@@ -89,7 +128,9 @@ def snapshot(conn, tables: list[str]) -> dict[str, list[tuple]]:
 
 
 def user_tables(conn) -> list[str]:
-    return [r[0] for r in db.execute(conn, "SELECT table_name FROM duckdb_tables() WHERE table_name <> 'alembic_version'")]
+    return [
+        r[0] for r in db.execute(conn, "SELECT table_name FROM duckdb_tables() WHERE table_name <> 'alembic_version'")
+    ]
 
 
 @pytest.mark.parametrize(("previous", "revision"), revisions())

@@ -46,8 +46,11 @@ def test_ids_depend_on_every_field_of_the_content():
 
 def test_multi_turn_conversations_are_kept_whole_with_system():
     rows = fixture_records()
-    record = {"messages": [{"role": "system", "content": "Be brief."}]
-              + [m for r in rows[:3] for m in as_openai(r)["messages"]], "source": "x"}
+    record = {
+        "messages": [{"role": "system", "content": "Be brief."}]
+        + [m for r in rows[:3] for m in as_openai(r)["messages"]],
+        "source": "x",
+    }
     sample = to_sample(record, "openai")
     assert sample.n_turns == 3 and len(sample.messages) == 7 and sample.messages[0] == ("system", "Be brief.")
     assert sample.user_text == as_openai(rows[0])["messages"][0]["content"]
@@ -64,7 +67,11 @@ def test_multi_turn_conversations_are_kept_whole_with_system():
         ({"conversations": [{"from": "human", "value": "hi"}]}, "sharegpt", "must end with an assistant turn"),
         ({"conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "x"}]}, "sharegpt", "alternate"),
         ({"conversations": [{"from": "robot", "value": "hi"}]}, "sharegpt", "unknown from 'robot'"),
-        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]}, "openai", "empty response"),
+        (
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]},
+            "openai",
+            "empty response",
+        ),
         ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "openai", "'content' must be a string"),
         (["not", "an", "object"], "alpaca", "expected an object"),
     ],

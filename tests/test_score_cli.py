@@ -34,8 +34,9 @@ def contract_loss(smollm2, user_turns: list[tuple[str, str]], response: str) -> 
     """The documented contract, computed here from scratch: chat template of the turns with the
     generation prompt, then tokenizer(response) appended; HF's loss over the response only."""
     _, tokenizer, model = smollm2
-    prompt = tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in user_turns],
-                                           add_generation_prompt=True, tokenize=True, return_dict=False)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": r, "content": c} for r, c in user_turns], add_generation_prompt=True, tokenize=True, return_dict=False
+    )
     target = tokenizer(response, add_special_tokens=False).input_ids
     ids = torch.tensor([list(prompt) + target])
     labels = ids.clone()
@@ -58,8 +59,11 @@ def test_scores_equal_the_contract_computed_independently(tmp_path, cli_run, cat
     for sample_id, row in list(rows.items())[:8]:
         neighbour = row["neighbour_id"]
         zero = contract_loss(smollm2, [("user", text[sample_id])], response[sample_id])
-        one = contract_loss(smollm2, [("user", text[neighbour]), ("assistant", response[neighbour]),
-                                      ("user", text[sample_id])], response[sample_id])
+        one = contract_loss(
+            smollm2,
+            [("user", text[neighbour]), ("assistant", response[neighbour]), ("user", text[sample_id])],
+            response[sample_id],
+        )
         assert abs(row["zero_shot_loss"] - zero) < 1e-4
         assert abs(row["one_shot_loss"] - one) < 1e-4
         assert row["miwv"] == row["one_shot_loss"] - row["zero_shot_loss"]

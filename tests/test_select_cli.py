@@ -56,9 +56,15 @@ def k_of(pool: int, percent: float) -> int:
     return max(1, math.floor(pool * percent / 100 + 0.5))
 
 
-@pytest.mark.parametrize(("strategy", "column", "descending"), [
-    ("miwv", "miwv", True), ("low-miwv", "miwv", False),
-    ("zero-shot-loss", "zero_shot_loss", True), ("one-shot-loss", "one_shot_loss", True)])
+@pytest.mark.parametrize(
+    ("strategy", "column", "descending"),
+    [
+        ("miwv", "miwv", True),
+        ("low-miwv", "miwv", False),
+        ("zero-shot-loss", "zero_shot_loss", True),
+        ("one-shot-loss", "one_shot_loss", True),
+    ],
+)
 def test_strategies_pick_what_pandas_picks(scored, strategy, column, descending):
     run = _runner(scored)
     result = run("select", "--model", "smollm2-135m", "--top-percent", "25", "--strategy", strategy)
@@ -67,7 +73,9 @@ def test_strategies_pick_what_pandas_picks(scored, strategy, column, descending)
     pool = len(view(run, "SELECT sample_id FROM samples"))
     expected = scores.sort_values([column, "sample_id"], ascending=[not descending, True])["sample_id"]
     assert members(run, selection_id(result.output)) == expected.head(k_of(pool, 25)).tolist()
-    assert f"pool {pool}, eligible {len(scores)} (excluded: {pool - len(scores)} not scored), selected 11" in result.output
+    assert (
+        f"pool {pool}, eligible {len(scores)} (excluded: {pool - len(scores)} not scored), selected 11" in result.output
+    )
 
 
 def test_dataset_and_where_pools_take_k_percent_of_their_own_size(scored):
@@ -78,8 +86,11 @@ def test_dataset_and_where_pools_take_k_percent_of_their_own_size(scored):
     chosen = members(run, selection_id(result.output))
     assert set(chosen) <= set(in_b["sample_id"])
     where = run("select", "--model", "smollm2-135m", "--top-k", "3", "--where", "input <> '' AND n_turns = 1")
-    with_input = view(run, "SELECT m.sample_id, m.miwv FROM miwv_scores m JOIN samples s USING (sample_id) "
-                           "WHERE s.input <> '' AND m.status = 'ok'")
+    with_input = view(
+        run,
+        "SELECT m.sample_id, m.miwv FROM miwv_scores m JOIN samples s USING (sample_id) "
+        "WHERE s.input <> '' AND m.status = 'ok'",
+    )
     expected = with_input.sort_values(["miwv", "sample_id"], ascending=[False, True])["sample_id"].head(3)
     assert members(run, selection_id(where.output)) == expected.tolist()
 
@@ -96,11 +107,16 @@ def test_a_bad_where_is_one_clear_error_and_records_nothing(scored, where):
 
 def test_random_is_seeded_and_covers_the_whole_pool(scored):
     run = _runner(scored)
-    picks = [members(run, selection_id(run("select", "--strategy", "random", "--top-percent", "50", "--seed", seed)
-                                       .output)) for seed in (0, 0, 1)]
+    picks = [
+        members(run, selection_id(run("select", "--strategy", "random", "--top-percent", "50", "--seed", seed).output))
+        for seed in (0, 0, 1)
+    ]
     assert picks[0] == picks[1] != picks[2] and len(picks[0]) == 22
-    unscored = set(view(run, "SELECT sample_id FROM samples WHERE sample_id NOT IN "
-                             "(SELECT sample_id FROM miwv_scores)")["sample_id"])
+    unscored = set(
+        view(run, "SELECT sample_id FROM samples WHERE sample_id NOT IN (SELECT sample_id FROM miwv_scores)")[
+            "sample_id"
+        ]
+    )
     assert unscored & (set(picks[0]) | set(picks[2]))  # random ignores scores
 
 
@@ -126,11 +142,13 @@ def test_export_keeps_rank_order_extras_and_scores(scored, tmp_path, name):
     for record in records:
         source = originals[to_sample(record, "alpaca").sample_id]
         assert {k: record[k] for k in source if record.get(k) is not None} == {
-            k: v for k, v in source.items() if v is not None}  # every original field, extras included
+            k: v for k, v in source.items() if v is not None
+        }  # every original field, extras included
 
 
-@pytest.mark.parametrize(("name", "shape"), [("top.jsonl", "alpaca"), ("top.parquet", "messages"),
-                                             ("chat.jsonl", "messages")])
+@pytest.mark.parametrize(
+    ("name", "shape"), [("top.jsonl", "alpaca"), ("top.parquet", "messages"), ("chat.jsonl", "messages")]
+)
 def test_export_then_ingest_gives_the_same_sample_ids(scored, tmp_path, name, shape):
     run = _runner(scored)
     result = run("select", "--model", "smollm2-135m", "--top-k", "10", "--out", tmp_path / name, "--shape", shape)
@@ -175,8 +193,9 @@ def test_report_writes_plots_and_a_summary_matching_pandas(scored, tmp_path):
     for png in ("miwv_histogram.png", "losses.png"):
         assert (tmp_path / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (tmp_path / "report" / "summary.md").read_text()
-    scores = view(run, "SELECT m.miwv, s.datasets FROM miwv_scores m JOIN samples s USING (sample_id) "
-                       "WHERE m.status = 'ok'")
+    scores = view(
+        run, "SELECT m.miwv, s.datasets FROM miwv_scores m JOIN samples s USING (sample_id) WHERE m.status = 'ok'"
+    )
     assert "| a | 20 |" in summary and "| b | 16 |" in summary and "| (all) | 36 |" in summary
     all_row = next(line for line in summary.splitlines() if line.startswith("| (all)")).split(" | ")
     assert float(all_row[4]) == pytest.approx(scores["miwv"].median(), abs=1e-4)

@@ -14,14 +14,20 @@ EDGE_CASES = {
     "leading newline": {"instruction": "Print a list.", "input": "", "output": "\n- a\n- b"},
     "with input": {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},
     "unicode": {"instruction": "Écris « bonjour » en japonais.", "input": "", "output": "こんにちは 👋 — «ok»"},
-    "response longer than prompt": {"instruction": "Count.", "input": "",
-                                    "output": " ".join(str(i) for i in range(300))},
+    "response longer than prompt": {
+        "instruction": "Count.",
+        "input": "",
+        "output": " ".join(str(i) for i in range(300)),
+    },
 }
 
 
 def chat(tokenizer, turns):
-    return list(tokenizer.apply_chat_template([{"role": r, "content": c} for r, c in turns],
-                                              add_generation_prompt=True, tokenize=True, return_dict=False))
+    return list(
+        tokenizer.apply_chat_template(
+            [{"role": r, "content": c} for r, c in turns], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+    )
 
 
 @pytest.mark.parametrize("case", list(EDGE_CASES))
@@ -36,7 +42,7 @@ def test_chat_sequences_are_template_prompt_plus_response_ids(smollm2, case):
     assert zero.ids == chat(tokenizer, [sample[0]]) + response
     assert one.ids == chat(tokenizer, [example[0], example[1], sample[0]]) + response
     assert zero.n_response == one.n_response == len(response)  # identical scored positions
-    assert zero.ids[-zero.n_response:] == one.ids[-one.n_response:] == response
+    assert zero.ids[-zero.n_response :] == one.ids[-one.n_response :] == response
     assert tokenizer.eos_token_id not in response
 
 
@@ -60,11 +66,18 @@ def test_alpaca_template_with_bos_builds_prompt_then_response(smollm2):
 def test_multi_turn_scores_the_last_assistant_turn_given_all_before(smollm2):
     _, tokenizer, _ = smollm2
     rows = fixture_records()
-    sample = to_sample({"messages": [{"role": "system", "content": "Be brief."},
-                                     {"role": "user", "content": rows[0]["instruction"]},
-                                     {"role": "assistant", "content": rows[0]["output"]},
-                                     {"role": "user", "content": rows[1]["instruction"]},
-                                     {"role": "assistant", "content": rows[1]["output"]}]}, "openai").messages
+    sample = to_sample(
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": rows[0]["instruction"]},
+                {"role": "assistant", "content": rows[0]["output"]},
+                {"role": "user", "content": rows[1]["instruction"]},
+                {"role": "assistant", "content": rows[1]["output"]},
+            ]
+        },
+        "openai",
+    ).messages
     example = to_sample(rows[2], "alpaca").messages
     builder = SequenceBuilder(tokenizer, "chat", 4096)
     response = tokenizer(rows[1]["output"], add_special_tokens=False).input_ids
@@ -86,7 +99,7 @@ def test_too_long_is_never_truncated_but_the_example_may_be(smollm2):
     one = builder.one_shot(sample, example)
     assert isinstance(one, Sequence) and one.example_truncated and len(one.ids) <= limit
     response = tokenizer("Bonjour", add_special_tokens=False).input_ids
-    assert one.ids[-one.n_response:] == response  # the target's response is whole
+    assert one.ids[-one.n_response :] == response  # the target's response is whole
     assert "0 1 2 3" in tokenizer.decode(one.ids) and "299" not in tokenizer.decode(one.ids)
 
     tight = SequenceBuilder(tokenizer, "chat", zero_length + 5)  # not even the example's user turn fits

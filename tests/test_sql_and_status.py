@@ -34,8 +34,20 @@ def test_sql_outputs_table_csv_and_json(filled, cli_run):
 
 def test_samples_view_has_the_documented_columns(filled, cli_run):
     out = cli_run("sql", "SELECT * FROM samples LIMIT 1", "--json").output
-    assert list(json.loads(out)) == ["sample_id", "datasets", "instruction", "input", "output", "messages",
-                                     "user_text", "response", "n_turns", "extra", "created_at", "ingest_id"]
+    assert list(json.loads(out)) == [
+        "sample_id",
+        "datasets",
+        "instruction",
+        "input",
+        "output",
+        "messages",
+        "user_text",
+        "response",
+        "n_turns",
+        "extra",
+        "created_at",
+        "ingest_id",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -60,8 +72,10 @@ def test_sql_refuses_writes_and_reports_bad_queries(filled, cli_run, query, mess
 def test_status_counts_datasets_and_batches(filled, cli_run):
     status = json.loads(cli_run("status", "--json").output)
     assert status["samples"] == 180
-    assert status["datasets"] == [{"dataset": "a", "samples": 100, "only_here": 50},
-                                  {"dataset": "b", "samples": 130, "only_here": 80}]
+    assert status["datasets"] == [
+        {"dataset": "a", "samples": 100, "only_here": 50},
+        {"dataset": "b", "samples": 130, "only_here": 80},
+    ]
     assert [(b["rows_new"], b["rows_duplicate"]) for b in status["ingests"]] == [(100, 0), (80, 50)]
     human = cli_run("status").output
     assert "180 samples" in human and "ingest batches" in human
@@ -92,8 +106,9 @@ with Catalog(sys.argv[1]).write():
 
 
 def test_a_busy_catalog_is_retried_then_reported(filled, catalog_dir, monkeypatch, cli_run):
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_WRITE_LOCK, str(catalog_dir), "2.5"],
-                              cwd=REPO, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, str(catalog_dir), "2.5"], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
     assert holder.stdout.readline().strip() == "locked"
     monkeypatch.setenv("MIWV_BUSY_TIMEOUT", "0.5")
     busy = cli_run("status")
