@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from catalog import db
+from catalog.datasets import require_dataset
 from catalog.errors import UserError
 from catalog.store import Catalog
 
@@ -110,6 +111,7 @@ def pending_samples(
     """
     pool_params = {"dataset": dataset} | ({"limit": limit} if limit is not None else {})
     with catalog.read() as conn:
+        require_dataset(conn, dataset)
         db.execute(
             conn,
             f"""

@@ -9,6 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from catalog import db
+from catalog.datasets import require_dataset
 from catalog.errors import UserError
 from catalog.export import Exported, export_samples
 from catalog.query import run_read_only
@@ -94,6 +95,7 @@ def select(
     """
     sql = selection_sql(request)
     with catalog.read() as conn:
+        require_dataset(conn, request.dataset)
         try:
             chosen = run_read_only(conn, sql, allowed=("SELECT",))
         except UserError as error:

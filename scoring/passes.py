@@ -97,6 +97,7 @@ class PassRunner:
             if isinstance(one, Unscorable):  # too_long (the sample alone) or too_long_one_shot
                 plan.unscorable.append(PassResult("one", target.sample_id, target.neighbour_id, one.status))
                 continue
+            assert one.n_response == zero.n_response, "both passes must score the same response ids"
             one_pass = _Pass("one", target.sample_id, target.neighbour_id, one)
             example = plan.prefixes.get(target.neighbour_id) or self._example_pass(target)
             if example is not None and one.ids[: len(example.sequence.ids)] == example.sequence.ids:

@@ -202,6 +202,13 @@ def test_report_writes_plots_and_a_summary_matching_pandas(scored, tmp_path):
     assert float(all_row[7]) == pytest.approx((scores["miwv"] > 0).mean(), abs=1e-4)
 
 
+def test_an_unknown_dataset_is_named_with_the_known_ones(scored):
+    run = _runner(scored)
+    for args in (["select", "--model", "smollm2-135m", "--top-k", "3"], ["score", "--model", "smollm2-135m"]):
+        result = run(*args, "--dataset", "dolly")
+        assert result.exit_code == 1 and "no dataset 'dolly' in the catalog; datasets: a, b" in result.output
+
+
 def test_select_needs_a_scored_model(scored):
     run = _runner(scored)
     assert "--model is required" in run("select", "--top-k", "3").output
