@@ -59,32 +59,13 @@ def link_neighbours(
         points = Points(ids, vectors, text_groups(catalog, ids))
         stored = current_links(catalog, embedder.embedder_id)
         known = np.isin(ids, stored.ids)
-        use_ann = method == "ann" or (method == "auto" and len(ids) > exact_limit)
+        use_ann = len(ids) > 0 and (method == "ann" or (method == "auto" and len(ids) > exact_limit))
         find = _ann_finder(table, points) if use_ann else nearest
         if rebuild or not known.any():
-            mode, new = "full", points
-            found = _with_progress(find, points, points, "linking (all)")
-            previous, has_link = _lookup(stored, ids)
-            same = (
-                has_link
-                & (previous.neighbour_ids == found.ids)
-                & ((previous.similarity == found.similarity) | (found.ids == NO_NEIGHBOUR))
-            )
-            changed = Links(ids[~same], found.ids[~same], found.similarity[~same])
+            mode, changed = "full", _full(find, points, stored)
         else:
-            mode, new, old = "incremental", points.subset(~known), points.subset(known)
-            found = _with_progress(find, new, points, "linking (new)")
-            previous, _ = _lookup(stored, old.ids)
-            challengers = _with_progress(
-                nearest, old, new, "linking (old vs new)", floor=np.nan_to_num(previous.similarity, nan=-np.inf)
-            )
-            replace = beats(challengers.similarity, challengers.ids, previous.similarity, previous.neighbour_ids)
-            changed = Links(
-                np.concatenate([new.ids, old.ids[replace]]),
-                np.concatenate([found.ids, challengers.ids[replace]]),
-                np.concatenate([found.similarity, challengers.similarity[replace]]),
-            )
-        if len(new.ids) == 0:
+            mode, changed = "incremental", _incremental(find, points, known, stored)
+        if len(ids) == 0 or (mode == "incremental" and known.all()):
             mode = "up-to-date"
         else:
             save_links(
@@ -107,6 +88,34 @@ def link_neighbours(
         len(changed.ids),
         without,
         time.monotonic() - started,
+    )
+
+
+def _full(find, points: Points, stored: Links) -> Links:
+    """Every sample's link, computed afresh; returned are those that are new or differ from the stored one."""
+    found = _with_progress(find, points, points, "linking (all)")
+    previous, has_link = _lookup(stored, points.ids)
+    same = (
+        has_link
+        & (previous.neighbour_ids == found.ids)
+        & ((previous.similarity == found.similarity) | (found.ids == NO_NEIGHBOUR))
+    )
+    return Links(points.ids[~same], found.ids[~same], found.similarity[~same])
+
+
+def _incremental(find, points: Points, known: np.ndarray, stored: Links) -> Links:
+    """Links of the new samples (against all), and of the old ones a new sample beats."""
+    new, old = points.subset(~known), points.subset(known)
+    found = _with_progress(find, new, points, "linking (new)")
+    previous, _ = _lookup(stored, old.ids)
+    challengers = _with_progress(
+        nearest, old, new, "linking (old vs new)", floor=np.nan_to_num(previous.similarity, nan=-np.inf)
+    )
+    replace = beats(challengers.similarity, challengers.ids, previous.similarity, previous.neighbour_ids)
+    return Links(
+        np.concatenate([new.ids, old.ids[replace]]),
+        np.concatenate([found.ids, challengers.ids[replace]]),
+        np.concatenate([found.similarity, challengers.similarity[replace]]),
     )
 
 

@@ -120,3 +120,24 @@ def test_a_busy_catalog_is_retried_then_reported(filled, catalog_dir, monkeypatc
     assert waited.exit_code == 0 and "180" in waited.output
     assert time.monotonic() - started > 0.5  # it waited for the holder, then got in
     holder.wait()
+
+
+HOLD_JOB = """
+import sys, time
+from catalog import Catalog
+with Catalog(sys.argv[1]).job("score"):
+    print("running", flush=True)
+    time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_two_long_jobs_never_run_on_one_catalog(filled, catalog_dir, cli_run):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_JOB, str(catalog_dir), "3"], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "running"
+    busy = cli_run("embed")
+    assert busy.exit_code == 3
+    assert f"catalog {catalog_dir} is busy: `score` (pid {holder.pid}) is running on it" in busy.output
+    assert json.loads(cli_run("status", "--json").output)["samples"] == 180  # readers are not blocked
+    holder.wait()
