@@ -34,17 +34,21 @@ class EmbedderRow:
 _COLUMNS = "embedder_id, name, path, dimension, pooling, fingerprint, max_seq_length"
 
 
+def _by_files(conn, fingerprint: str, pooling: str) -> EmbedderRow | None:
+    rows = db.execute(
+        conn,
+        f"SELECT {_COLUMNS} FROM embedder WHERE fingerprint = $f AND pooling = $p",
+        {"f": fingerprint, "p": pooling},
+    )
+    return EmbedderRow(*rows[0]) if rows else None
+
+
 def lookup_embedder(catalog: Catalog, fingerprint: str, pooling: str) -> EmbedderRow | None:
     """The embedder with these model files and pooling, if the catalog has one."""
     if not catalog.exists():
         return None
     with catalog.read() as conn:
-        rows = db.execute(
-            conn,
-            f"SELECT {_COLUMNS} FROM embedder WHERE fingerprint = $f AND pooling = $p",
-            {"f": fingerprint, "p": pooling},
-        )
-    return EmbedderRow(*rows[0]) if rows else None
+        return _by_files(conn, fingerprint, pooling)
 
 
 def register_embedder(
@@ -52,13 +56,9 @@ def register_embedder(
 ) -> EmbedderRow:
     """Record an embedder (or return the one with the same files and pooling)."""
     with catalog.write() as conn:
-        rows = db.execute(
-            conn,
-            f"SELECT {_COLUMNS} FROM embedder WHERE fingerprint = $f AND pooling = $p",
-            {"f": fingerprint, "p": pooling},
-        )
-        if rows:
-            return EmbedderRow(*rows[0])
+        known = _by_files(conn, fingerprint, pooling)
+        if known is not None:
+            return known
         embedder_id = db.execute(conn, "SELECT coalesce(max(embedder_id), 0) + 1 FROM embedder")[0][0]
         db.execute(
             conn,

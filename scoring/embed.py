@@ -39,9 +39,10 @@ def embed_missing(
     with catalog.job("embed"):
         row = lookup_embedder(catalog, spec.fingerprint, spec.pooling)
         if row is not None:
-            ids, texts = samples_to_embed(catalog, row.vectors(catalog).ids())
+            embedded = row.vectors(catalog).ids()
+            ids, texts = samples_to_embed(catalog, embedded)
             if not len(ids):
-                return EmbedResult(row, 0, len(row.vectors(catalog).ids()), time.monotonic() - started)
+                return EmbedResult(row, 0, len(embedded), time.monotonic() - started)
         model = Embedder(spec, device, batch_size)
         if row is None:
             row = register_embedder(
