@@ -80,11 +80,20 @@ def registered(conn: sa.Connection, name: str, rows: pa.Table) -> Iterator[None]
         native.unregister(name)
 
 
-def insert_arrow(conn: sa.Connection, table: str, rows: pa.Table) -> int:
-    """INSERT the Arrow table `rows` into `table` (columns by name); returns the row count."""
+def insert_arrow(conn: sa.Connection, table: str, rows: pa.Table, keep_existing: bool = False) -> int:
+    """INSERT the Arrow table `rows` into `table` (columns by name); returns the row count.
+
+    With `keep_existing`, rows whose key is already there are skipped (ON CONFLICT DO NOTHING).
+    """
     cols = ", ".join(rows.column_names)
+    conflict = " ON CONFLICT DO NOTHING" if keep_existing else ""
     with registered(conn, "_arrow_rows", rows):
-        return raw(conn).execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _arrow_rows").fetchone()[0]
+        return raw(conn).execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _arrow_rows{conflict}").fetchone()[0]
+
+
+def next_id(conn: sa.Connection, table: str, column: str) -> int:
+    """The next integer id of `table` (ids are assigned by the single writer, inside its transaction)."""
+    return execute(conn, f"SELECT coalesce(max({column}), 0) + 1 FROM {table}")[0][0]
 
 
 def execute(conn: sa.Connection, sql: str, params: dict[str, Any] | None = None) -> list[tuple]:
@@ -95,3 +104,8 @@ def execute(conn: sa.Connection, sql: str, params: dict[str, Any] | None = None)
 def query_arrow(conn: sa.Connection, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
     """Run `sql` (named $params) and return the result as an Arrow table."""
     return raw(conn).sql(sql, params=params or {}).to_arrow_table()
+
+
+def records(conn: sa.Connection, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Run `sql` (named $params) and return its rows as dicts."""
+    return query_arrow(conn, sql, params).to_pylist()

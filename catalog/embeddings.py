@@ -59,7 +59,7 @@ def register_embedder(
         known = _by_files(conn, fingerprint, pooling)
         if known is not None:
             return known
-        embedder_id = db.execute(conn, "SELECT coalesce(max(embedder_id), 0) + 1 FROM embedder")[0][0]
+        embedder_id = db.next_id(conn, "embedder", "embedder_id")
         db.execute(
             conn,
             """INSERT INTO embedder (embedder_id, name, path, dimension, pooling, normalized,

@@ -100,7 +100,7 @@ def export_samples(
 def _rows(catalog: Catalog, sample_ids: list[int], scorer_id: int | None, embedder_id: int | None) -> list[dict]:
     order = pa.table({"sample_id": pa.array(sample_ids, pa.int64()), "rank": pa.array(range(len(sample_ids)))})
     with catalog.read() as conn, db.registered(conn, "wanted", order):
-        return db.query_arrow(
+        return db.records(
             conn,
             """
             SELECT s.instruction, s.input, s.output, s.messages, s.extra,
@@ -111,7 +111,7 @@ def _rows(catalog: Catalog, sample_ids: list[int], scorer_id: int | None, embedd
                    ON m.sample_id = w.sample_id AND m.scorer_id = $scorer AND m.embedder_id = $embedder
             ORDER BY w.rank""",
             {"scorer": scorer_id, "embedder": embedder_id},
-        ).to_pylist()
+        )
 
 
 def _record(row: dict, shape: str, with_scores: bool) -> dict:

@@ -91,7 +91,7 @@ def ingest_file(
     valid = len(rows.rows) - len(rejects)
     file_sha256 = hashlib.sha256(rows.path.read_bytes()).hexdigest()
     with catalog.write() as conn:
-        ingest_id = db.execute(conn, "SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_batch")[0][0]
+        ingest_id = db.next_id(conn, "ingest_batch", "ingest_id")
         table = _sample_table(list(samples.values()), ingest_id, started_at)
         with db.registered(conn, "incoming", table):
             rows_new = db.execute(conn, _INSERT_NEW_SAMPLES)[0][0]

@@ -65,7 +65,7 @@ def save_links(
     now = db.utcnow()
     has = changed.neighbour_ids != NO_NEIGHBOUR
     with catalog.write() as conn:
-        run_id = db.execute(conn, "SELECT coalesce(max(run_id), 0) + 1 FROM neighbour_run")[0][0]
+        run_id = db.next_id(conn, "neighbour_run", "run_id")
         db.execute(
             conn,
             """INSERT INTO neighbour_run VALUES ($run, $e, $method, $mode, $samples, $new, $changed,

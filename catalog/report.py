@@ -52,15 +52,15 @@ def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str,
     """Write summary.md, miwv_histogram.png and losses.png to `out_dir`."""
     params = {"scorer": scorer_id, "embedder": embedder_id}
     with catalog.read() as conn:
-        summary = db.query_arrow(conn, _SUMMARY, {**params, "all": ALL}).to_pylist()
-        points = db.query_arrow(
+        summary = db.records(conn, _SUMMARY, {**params, "all": ALL})
+        points = db.records(
             conn,
             """
             SELECT s.datasets[1] AS dataset, m.miwv, m.zero_shot_loss, m.one_shot_loss
             FROM miwv_scores m JOIN samples s USING (sample_id)
             WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'""",
             params,
-        ).to_pylist()
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = [_markdown(summary, model, out / "summary.md")]

@@ -69,7 +69,7 @@ def register_scorer(
         rows = db.execute(conn, f"SELECT {_SCORER_COLUMNS} FROM scorer WHERE {where}", key)
         if rows:
             return ScorerRow(*rows[0])
-        scorer_id = db.execute(conn, "SELECT coalesce(max(scorer_id), 0) + 1 FROM scorer")[0][0]
+        scorer_id = db.next_id(conn, "scorer", "scorer_id")
         db.execute(
             conn,
             """INSERT INTO scorer VALUES ($id, $model, $source, $f, $t, $m, $d, $now)""",
@@ -166,7 +166,7 @@ def _messages(rows: list[dict]) -> Messages:
 def start_run(catalog: Catalog, scorer_id: int, embedder_id: int, device: str, pool: int, samples: int) -> int:
     """Record the start of a score run; returns its id."""
     with catalog.write() as conn:
-        run_id = db.execute(conn, "SELECT coalesce(max(run_id), 0) + 1 FROM score_run")[0][0]
+        run_id = db.next_id(conn, "score_run", "run_id")
         db.execute(
             conn,
             """INSERT INTO score_run (run_id, scorer_id, embedder_id, device, pool, samples, passes,
@@ -216,10 +216,7 @@ def save_results(catalog: Catalog, scorer_id: int, run_id: int, results: list[Pa
             if kind == "one":
                 columns["neighbour_id"] = pa.array([r.neighbour_id for r in rows], pa.int64())
                 columns["example_truncated"] = pa.array([r.example_truncated for r in rows], pa.bool_())
-            batch = pa.table(columns)
-            names = ", ".join(batch.column_names)
-            with db.registered(conn, "batch", batch):
-                db.execute(conn, f"INSERT INTO {table} ({names}) SELECT {names} FROM batch ON CONFLICT DO NOTHING")
+            db.insert_arrow(conn, table, pa.table(columns), keep_existing=True)
 
 
 def finish_run(catalog: Catalog, run_id: int) -> None:

@@ -107,11 +107,12 @@ def select(
         reasons = dict(db.execute(conn, _eligibility_sql(request)))
     pool_size = sum(reasons.values())
     eligible = reasons.pop("eligible", 0)
+    chosen_ids = chosen["sample_id"].to_pylist()
     exported = None
     if out is not None:
         exported = export_samples(
             catalog,
-            chosen["sample_id"].to_pylist(),
+            chosen_ids,
             out,
             file_format,
             shape,
@@ -120,7 +121,7 @@ def select(
             request.embedder_id,
         )
     with catalog.write() as conn:
-        selection_id = db.execute(conn, "SELECT coalesce(max(selection_id), 0) + 1 FROM selection")[0][0]
+        selection_id = db.next_id(conn, "selection", "selection_id")
         db.execute(
             conn,
             """INSERT INTO selection VALUES ($id, (SELECT model FROM scorer WHERE scorer_id = $scorer),
@@ -157,21 +158,19 @@ def select(
                 }
             ),
         )
-    return Selection(
-        selection_id, sql, pool_size, eligible, reasons, chosen["sample_id"].to_pylist(), chosen["score"].to_pylist()
-    ), exported
+    return Selection(selection_id, sql, pool_size, eligible, reasons, chosen_ids, chosen["score"].to_pylist()), exported
 
 
 def list_selections(catalog: Catalog) -> list[dict]:
     """Every recorded selection, newest first."""
     with catalog.read() as conn:
-        return db.query_arrow(
+        return db.records(
             conn,
             """
             SELECT selection_id, strategy, model, embedder, top_k, top_percent, seed, dataset, pool_where,
                    pool_size, eligible, selected, output, strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at
             FROM selection ORDER BY selection_id DESC""",
-        ).to_pylist()
+        )
 
 
 def _pool(request: Request) -> str:

@@ -16,14 +16,14 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
         return {
             "catalog": str(catalog.path.resolve()),
             "samples": db.execute(conn, "SELECT count(*) FROM sample")[0][0],
-            "datasets": _records(
+            "datasets": db.records(
                 conn,
                 """
                 SELECT dataset, count(*) AS samples, count(*) FILTER (WHERE exclusive) AS only_here
                 FROM (SELECT dataset, count(*) OVER (PARTITION BY sample_id) = 1 AS exclusive FROM membership)
                 GROUP BY dataset ORDER BY dataset""",
             ),
-            "ingests": _records(
+            "ingests": db.records(
                 conn,
                 """
                 SELECT ingest_id, dataset, path, parse_filename(path) AS file, record_shape,
@@ -37,7 +37,7 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
                     "embedded": embedded[row["embedder_id"]],
                     "not_linked": embedded[row["embedder_id"]] - row["linked"] - row["without_neighbour"],
                 }
-                for row in _records(
+                for row in db.records(
                     conn,
                     """
                 SELECT e.embedder_id, e.name, e.pooling, e.dimension,
@@ -50,7 +50,7 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
                 GROUP BY ALL ORDER BY e.embedder_id""",
                 )
             ],
-            "scores": _records(conn, _SCORES),
+            "scores": db.records(conn, _SCORES),
         }
 
 
@@ -82,7 +82,3 @@ _SCORES = """
     FROM states s JOIN scorer sc USING (scorer_id) JOIN embedder e USING (embedder_id)
     GROUP BY ALL ORDER BY s.scorer_id, e.name
 """
-
-
-def _records(conn, sql: str) -> list[dict[str, Any]]:
-    return db.query_arrow(conn, sql).to_pylist()
