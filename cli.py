@@ -10,7 +10,19 @@ import sys
 import click
 
 from catalog import DEFAULT_PATH, Catalog, UserError
-from catalog.records import SHAPES
+from catalog.choices import (
+    DEFAULT_EMBEDDER,
+    DEVICE_HELP,
+    DTYPES,
+    EXACT_LIMIT,
+    EXPORT_FORMATS,
+    EXPORT_SHAPES,
+    NEIGHBOUR_METHODS,
+    POOLINGS,
+    RECORD_SHAPES,
+    STRATEGIES,
+    TEMPLATES,
+)
 
 
 class Cli(click.Group):
@@ -47,7 +59,10 @@ def cli(ctx: click.Context, catalog_path: str) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--dataset", help="Dataset the rows belong to (default: the file name without extensions).")
 @click.option(
-    "--format", "shape", type=click.Choice(SHAPES), help="Record shape (default: detected from the first record)."
+    "--format",
+    "shape",
+    type=click.Choice(RECORD_SHAPES),
+    help="Record shape (default: detected from the first record).",
 )
 @click.option("--skip-invalid", is_flag=True, help="Ingest the valid rows; record invalid ones in the `rejects` view.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -61,7 +76,7 @@ def ingest(
     are not added again; their membership in --dataset is recorded.
     """
     from catalog.ingest import ingest_file
-    from catalog.render import print_json
+    from terminal.render import print_json
 
     result = ingest_file(catalog, path, dataset, shape, skip_invalid)
     if as_json:
@@ -79,8 +94,8 @@ def ingest(
 @click.pass_obj
 def status(catalog: Catalog, as_json: bool) -> None:
     """Show samples per dataset, ingest batches, embeddings, neighbours and scores."""
-    from catalog.render import print_json, print_status
     from catalog.status import catalog_status
+    from terminal.render import print_json, print_status
 
     result = catalog_status(catalog)
     print_json(result) if as_json else print_status(result)
@@ -94,7 +109,7 @@ def status(catalog: Catalog, as_json: bool) -> None:
 def sql(catalog: Catalog, query: str, output: str | None) -> None:
     """Run one read-only QUERY against the catalog (views: samples, rejects, neighbours, miwv_scores)."""
     from catalog.query import run_query
-    from catalog.render import print_arrow
+    from terminal.render import print_arrow
 
     print_arrow(run_query(catalog, query), output or "table")
 
@@ -104,13 +119,13 @@ def neighbour_search_options(command):
     command = click.option(
         "--exact-limit",
         type=click.IntRange(min=1),
-        default=1_000_000,
+        default=EXACT_LIMIT,
         show_default=True,
         help="Largest catalog searched exactly under --method auto.",
     )(command)
     return click.option(
         "--method",
-        type=click.Choice(["auto", "exact", "ann"]),
+        type=click.Choice(NEIGHBOUR_METHODS),
         default="auto",
         show_default=True,
         help="Neighbour search: exact blocked products, LanceDB ANN (IVF_HNSW_SQ, re-ranked "
@@ -121,18 +136,18 @@ def neighbour_search_options(command):
 @cli.command()
 @click.option(
     "--embedder",
-    default="minilm",
+    default=DEFAULT_EMBEDDER,
     show_default=True,
     help="Alias (minilm) or a local sentence-transformers / HF model folder.",
 )
 @click.option(
     "--pooling",
-    type=click.Choice(["mean", "cls", "max"]),
+    type=click.Choice(POOLINGS),
     default="mean",
     show_default=True,
     help="Token pooling, recorded with the vectors (mean as in the paper, whatever the model's default).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @neighbour_search_options
 @click.pass_obj
@@ -144,7 +159,7 @@ def embed(
     Only new samples are embedded; old samples get a new neighbour only where a new one is nearer.
     """
     from scoring.embed import embed_missing
-    from scoring.link import link_neighbours
+    from scoring.neighbours import link_neighbours
 
     embedded = embed_missing(catalog, embedder, pooling, device, batch_size)
     click.echo(
@@ -162,8 +177,8 @@ def embed(
 @click.pass_obj
 def neighbours(catalog: Catalog, embedder: str | None, rebuild: bool, method: str, exact_limit: int) -> None:
     """Update (or --rebuild) nearest-neighbour links of embedded samples."""
-    from catalog.embeddings import find_embedder
-    from scoring.link import link_neighbours
+    from catalog.embed import find_embedder
+    from scoring.neighbours import link_neighbours
 
     _echo_links(link_neighbours(catalog, find_embedder(catalog, embedder), rebuild, method, exact_limit))
 
@@ -181,16 +196,16 @@ def _echo_links(result) -> None:
 @click.option("--embedder", help="Whose neighbours are the one-shot examples (default: minilm, or the only one).")
 @click.option(
     "--template",
-    type=click.Choice(["chat", "alpaca"]),
+    type=click.Choice(TEMPLATES),
     help="Prompt format (default: chat when the tokenizer has a chat template, else alpaca).",
 )
 @click.option(
     "--max-length", type=click.IntRange(min=8), help="Longest sequence (default: the model's context, <= 4096)."
 )
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "bfloat16", "float16"]),
+    type=click.Choice(DTYPES),
     help="Weights dtype (default: bfloat16 on CUDA, float32 on CPU); losses are float32 either way.",
 )
 @click.option("--dataset", help="Score only this dataset's samples.")
@@ -247,8 +262,8 @@ def score(
 @cli.command()
 def models() -> None:
     """List model aliases and whether their weights are here."""
-    from catalog.render import print_rows
     from scoring.models import describe_aliases
+    from terminal.render import print_rows
 
     print_rows(describe_aliases(), title="model aliases (a local HF folder or a .gguf file also works as --model)")
 
@@ -263,7 +278,7 @@ def models() -> None:
 @click.option("--top-k", type=click.IntRange(min=1), help="Keep K samples.")
 @click.option(
     "--strategy",
-    type=click.Choice(["miwv", "random", "low-miwv", "zero-shot-loss", "one-shot-loss"]),
+    type=click.Choice(list(STRATEGIES)),
     default="miwv",
     show_default=True,
     help="Ranking: the paper's MIWV, or an ablation baseline.",
@@ -274,12 +289,10 @@ def models() -> None:
 @click.option("--embedder", help="Whose neighbours the scores used (default: minilm, or the only one).")
 @click.option("--scorer", "scorer_id", type=int, help="Which scorer of --model (default: its newest).")
 @click.option("--out", type=click.Path(), help="Write the samples: .jsonl, .parquet, or a folder (HF datasets).")
-@click.option(
-    "--format", "file_format", type=click.Choice(["jsonl", "parquet", "hf"]), help="Override the format --out implies."
-)
+@click.option("--format", "file_format", type=click.Choice(EXPORT_FORMATS), help="Override the format --out implies.")
 @click.option(
     "--shape",
-    type=click.Choice(["alpaca", "messages"]),
+    type=click.Choice(EXPORT_SHAPES),
     help="Alpaca fields or a messages list (default: alpaca when every sample has them).",
 )
 @click.option("--with-scores", is_flag=True, help="Add miwv, zero_shot_loss, one_shot_loss, neighbour_similarity.")
@@ -303,7 +316,7 @@ def select_command(
     show_sql: bool,
 ) -> None:
     """Select the top K% (or K) of a pool, record the selection, and optionally write it out."""
-    from catalog.selection import Request, select
+    from catalog.select import Request, select
 
     scorer, links = _scores_for(catalog, model, scorer_id, embedder, required=strategy != "random")
     request = Request(strategy, top_k, top_percent, dataset, where, seed, scorer, links)
@@ -323,8 +336,8 @@ def _scores_for(
     catalog: Catalog, model: str | None, scorer_id: int | None, embedder: str | None, required: bool
 ) -> tuple[int | None, int | None]:
     """(scorer_id, embedder_id) for --model/--scorer/--embedder; (None, None) when no model is named."""
-    from catalog.embeddings import find_embedder
-    from catalog.scores import find_scorer
+    from catalog.embed import find_embedder
+    from catalog.score import find_scorer
 
     if model is None:
         if required:
@@ -338,8 +351,8 @@ def _scores_for(
 @click.pass_obj
 def selections(catalog: Catalog, as_json: bool) -> None:
     """List recorded selections (their samples: the selection_member table)."""
-    from catalog.render import print_json, print_rows
-    from catalog.selection import list_selections
+    from catalog.select import list_selections
+    from terminal.render import print_json, print_rows
 
     rows = list_selections(catalog)
     columns = [
@@ -366,8 +379,8 @@ def selections(catalog: Catalog, as_json: bool) -> None:
 @click.pass_obj
 def report(catalog: Catalog, model: str, embedder: str | None, scorer_id: int | None, out: str) -> None:
     """Write MIWV histograms and a per-dataset summary (summary.md) to --out, and print the summary."""
-    from catalog.render import print_rows
     from catalog.report import write_report
+    from terminal.render import print_rows
 
     scorer, links = _scores_for(catalog, model, scorer_id, embedder, required=True)
     result = write_report(catalog, scorer, links, model, out)

@@ -21,8 +21,11 @@ from bench.common import save, shared_records, timer  # noqa: E402
 from catalog import Catalog  # noqa: E402
 from catalog.ingest import ingest_file  # noqa: E402
 from catalog.records import alpaca_user_text  # noqa: E402
-from scoring.embed import embed_missing  # noqa: E402
-from scoring.embedder import Embedder, resolve_embedder  # noqa: E402
+from scoring.embed import (  # noqa: E402
+    Embedder,
+    embed_missing,  # noqa: E402
+    resolve_embedder,
+)
 from tests.conftest import write_jsonl  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Neighbour search speed, all figures from one run.
 
-1. Exact all-rows top-1 over 50k x 384 synthetic unit vectors (scoring.knn.nearest) vs a plain
+1. Exact all-rows top-1 over 50k x 384 synthetic unit vectors (scoring.neighbours.nearest) vs a plain
    blocked `X @ X.T` + row max with the same block size.
 2. Memory at 500k rows: peak RSS while computing the first blocks (block size from available memory).
 3. Through the real job (`link_neighbours` on a catalog): full recompute of 50k samples vs an
@@ -29,10 +29,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import save, timer  # noqa: E402
 from catalog import Catalog, db  # noqa: E402
-from catalog.embeddings import EmbedderRow, find_embedder, register_embedder  # noqa: E402
+from catalog.embed import EmbedderRow, find_embedder, register_embedder  # noqa: E402
 from catalog.ingest import ingest_file  # noqa: E402
-from scoring.knn import Points, block_rows, nearest  # noqa: E402
-from scoring.link import link_neighbours  # noqa: E402
+from scoring.neighbours import (  # noqa: E402
+    Points,
+    block_rows,
+    link_neighbours,  # noqa: E402
+    nearest,
+)
 
 N, DIM = 50_000, 384
 

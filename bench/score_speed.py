@@ -32,11 +32,14 @@ import torch  # noqa: E402
 from bench.common import save, shared_records, timer  # noqa: E402
 from catalog import Catalog, db  # noqa: E402
 from catalog.ingest import ingest_file  # noqa: E402
-from catalog.scores import pending_samples  # noqa: E402
+from catalog.score import pending_samples  # noqa: E402
 from scoring.embed import embed_missing  # noqa: E402
-from scoring.link import link_neighbours  # noqa: E402
-from scoring.lm import load_model, load_tokenizer  # noqa: E402
-from scoring.models import resolve_model  # noqa: E402
+from scoring.models import (  # noqa: E402
+    load_model,
+    load_tokenizer,
+    resolve_model,  # noqa: E402
+)
+from scoring.neighbours import link_neighbours  # noqa: E402
 from scoring.score import score_catalog  # noqa: E402
 from scoring.sequences import Sequence, SequenceBuilder  # noqa: E402
 from tests.conftest import write_jsonl  # noqa: E402

@@ -19,11 +19,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from catalog import db
+from catalog.choices import EXPORT_FORMATS
 from catalog.errors import UserError
 from catalog.store import Catalog
 
-FORMATS = ("jsonl", "parquet", "hf")
-SHAPES = ("alpaca", "messages")
 SCORE_FIELDS = ("miwv", "zero_shot_loss", "one_shot_loss", "neighbour_similarity")
 
 
@@ -70,8 +69,8 @@ def export_samples(
     """
     out = Path(out)
     file_format = format_of(out, file_format)
-    if file_format not in FORMATS:
-        raise UserError(f"unknown format {file_format!r}; use one of {', '.join(FORMATS)}")
+    if file_format not in EXPORT_FORMATS:
+        raise UserError(f"unknown format {file_format!r}; use one of {', '.join(EXPORT_FORMATS)}")
     rows = _rows(catalog, sample_ids, scorer_id, embedder_id)
     alpaca_ready = all(r["instruction"] is not None for r in rows)
     shape = shape or ("alpaca" if alpaca_ready else "messages")

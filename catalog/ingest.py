@@ -17,10 +17,10 @@ import pyarrow as pa
 
 from catalog import db
 from catalog.errors import InvalidInput
-from catalog.progress import track
 from catalog.readers import RAW_LIMIT, Row, read_file
 from catalog.records import SHAPES, RecordError, Sample, detect_shape, to_sample
 from catalog.store import Catalog
+from terminal.progress import track
 
 MESSAGES_TYPE = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 

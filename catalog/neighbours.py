@@ -44,8 +44,8 @@ def current_links(catalog: Catalog, embedder_id: int) -> Links:
             conn,
             """
             SELECT sample_id, coalesce(neighbour_id, $none) AS neighbour_id, coalesce(similarity, 'NaN') AS similarity
-            FROM neighbour_link WHERE embedder_id = $e ORDER BY sample_id""",
-            {"e": embedder_id, "none": NO_NEIGHBOUR},
+            FROM neighbour_link WHERE embedder_id = $embedder_id ORDER BY sample_id""",
+            {"embedder_id": embedder_id, "none": NO_NEIGHBOUR},
         )
     return Links(table["sample_id"].to_numpy(), table["neighbour_id"].to_numpy(), table["similarity"].to_numpy())
 
@@ -68,17 +68,19 @@ def save_links(
         run_id = db.next_id(conn, "neighbour_run", "run_id")
         db.execute(
             conn,
-            """INSERT INTO neighbour_run VALUES ($run, $e, $method, $mode, $samples, $new, $changed,
-                                                             $started, $now)""",
+            """INSERT INTO neighbour_run (run_id, embedder_id, method, mode, samples, new_samples, links_changed,
+                                         started_at, finished_at)
+            VALUES ($run_id, $embedder_id, $method, $mode, $samples, $new_samples, $links_changed,
+                    $started_at, $now)""",
             {
-                "run": run_id,
-                "e": embedder_id,
+                "run_id": run_id,
+                "embedder_id": embedder_id,
                 "method": method,
                 "mode": mode,
                 "samples": samples,
-                "new": new_samples,
-                "changed": len(changed.ids),
-                "started": started_at,
+                "new_samples": new_samples,
+                "links_changed": len(changed.ids),
+                "started_at": started_at,
                 "now": now,
             },
         )
@@ -94,10 +96,10 @@ def save_links(
                 conn,
                 """
                 INSERT INTO neighbour_link (sample_id, embedder_id, neighbour_id, similarity, run_id, computed_at)
-                SELECT sample_id, $e, neighbour_id, similarity, $run, $now FROM changed
+                SELECT sample_id, $embedder_id, neighbour_id, similarity, $run_id, $now FROM changed
                 ON CONFLICT (sample_id, embedder_id) DO UPDATE SET
                     neighbour_id = excluded.neighbour_id, similarity = excluded.similarity,
                     run_id = excluded.run_id, computed_at = excluded.computed_at""",
-                {"e": embedder_id, "run": run_id, "now": now},
+                {"embedder_id": embedder_id, "run_id": run_id, "now": now},
             )
     return run_id

@@ -13,7 +13,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-SHAPES = ("alpaca", "sharegpt", "openai")
+from catalog.choices import RECORD_SHAPES
+
+SHAPES = RECORD_SHAPES
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from catalog import db
-from catalog.embeddings import embedders
+from catalog.embed import embedders
 from catalog.store import Catalog
 
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from catalog import db, migrate
+from catalog.choices import DEFAULT_CATALOG
 from catalog.errors import CatalogBusy, UserError
 
-DEFAULT_PATH = "miwv-catalog"
+DEFAULT_PATH = DEFAULT_CATALOG
 
 
 class Catalog:

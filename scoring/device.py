@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from catalog.choices import DTYPES as DTYPE_NAMES
 from catalog.errors import UserError
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 def pick_device(requested: str = "auto") -> str:

@@ -1,4 +1,5 @@
-"""Causal LMs by alias, local folder or GGUF file, resolved offline to a local HF-format folder.
+"""The causal LM being scored: resolved by alias, local folder or GGUF file to a local
+HF-format folder, loaded, and the choices that follow from it (template, length).
 
 A GGUF file is dequantised once into a safetensors folder in the cache (MIWV_CACHE, default
 ~/.cache/miwv): transformers reads GGUF in about 20 s, the converted folder in about 3 s.
@@ -12,6 +13,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog.choices import TEMPLATES
 from catalog.errors import UserError
 from scoring.local_files import fingerprint, package_dir
 
@@ -132,3 +134,46 @@ def _convert_gguf(gguf: Path, folder: Path) -> None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+MAX_LENGTH_CAP = 4096
+
+
+def load_tokenizer(spec: ModelSpec):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
+
+
+def choose_template(tokenizer, requested: str | None) -> str:
+    """The tokenizer's chat template when it has one, else Alpaca; `requested` overrides."""
+    if requested is None:
+        return "chat" if tokenizer.chat_template else "alpaca"
+    if requested not in TEMPLATES:
+        raise UserError(f"unknown --template {requested!r}; use one of {', '.join(TEMPLATES)}")
+    if requested == "chat" and not tokenizer.chat_template:
+        raise UserError("--template chat: this model's tokenizer has no chat template; use --template alpaca")
+    return requested
+
+
+def default_max_length(spec: ModelSpec) -> int:
+    """The model's context length, capped at MAX_LENGTH_CAP."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(spec.path, local_files_only=True)
+    return min(getattr(config, "max_position_embeddings", MAX_LENGTH_CAP) or MAX_LENGTH_CAP, MAX_LENGTH_CAP)
+
+
+def load_model(spec: ModelSpec, device: str, dtype):
+    """The model in eval mode on `device`, weights in `dtype`."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype, local_files_only=True)
+    return model.to(device).eval()
+
+
+def pad_id(tokenizer) -> int:
+    """Any id works (padding is never attended to); the tokenizer's own when it has one."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

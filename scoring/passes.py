@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from catalog.scores import PassResult, PendingSample
+from catalog.score import PassResult, PendingSample
 from scoring.batching import pack
 from scoring.losses import Past, Piece, extend
 from scoring.sequences import Sequence, SequenceBuilder, Unscorable

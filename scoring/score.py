@@ -13,9 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from catalog import Catalog
-from catalog.embeddings import find_embedder
-from catalog.progress import Meter
-from catalog.scores import (
+from catalog.embed import find_embedder
+from catalog.score import (
     PassResult,
     PendingSample,
     finish_run,
@@ -25,10 +24,10 @@ from catalog.scores import (
     start_run,
 )
 from scoring.device import pick_device, pick_dtype
-from scoring.lm import choose_template, default_max_length, load_model, load_tokenizer, pad_id
-from scoring.models import resolve_model
+from scoring.models import choose_template, default_max_length, load_model, load_tokenizer, pad_id, resolve_model
 from scoring.passes import PassRunner
 from scoring.sequences import SequenceBuilder
+from terminal.progress import Meter
 
 CHUNK = 512  # samples whose passes are planned together (examples shared within a chunk)
 # (token budget, rows, padding slack, min tokens) per device: CPUs gain little from big batches

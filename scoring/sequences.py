@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 Messages = tuple[tuple[str, str], ...]  # (role, content); optional system, user/assistant turns, ends with assistant
 
-TEMPLATES = ("chat", "alpaca")
 ALPACA_HEADER = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )

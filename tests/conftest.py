@@ -48,8 +48,7 @@ def smollm2():
     """(spec, tokenizer, model) of the bundled SmolLM2-135M-Instruct, float32 on CPU."""
     import torch
 
-    from scoring.lm import load_model, load_tokenizer
-    from scoring.models import resolve_model
+    from scoring.models import load_model, load_tokenizer, resolve_model
 
     spec = resolve_model("smollm2-135m")
     return spec, load_tokenizer(spec), load_model(spec, "cpu", torch.float32)

@@ -12,8 +12,8 @@ import time
 import numpy as np
 
 from catalog import Catalog, db
-from catalog.embeddings import find_embedder
-from scoring.knn import near_tie_margin
+from catalog.embed import find_embedder
+from scoring.neighbours import near_tie_margin
 from tests.conftest import REPO, SHARED_DATA, fixture_records, write_jsonl
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scoring.knn import NO_NEIGHBOUR, Points, beats, nearest, pair_similarity
+from scoring.neighbours import NO_NEIGHBOUR, Points, beats, nearest, pair_similarity
 
 
 def unit_rows(n: int, d: int = 48, seed: int = 0) -> np.ndarray:

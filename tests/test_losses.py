@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from catalog.records import to_sample
-from catalog.scores import PendingSample
+from catalog.score import PendingSample
 from scoring.losses import Piece, extend
 from scoring.passes import PassRunner
 from scoring.sequences import Sequence, SequenceBuilder

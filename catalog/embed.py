@@ -8,11 +8,10 @@ import numpy as np
 import pyarrow as pa
 
 from catalog import db
+from catalog.choices import DEFAULT_EMBEDDER
 from catalog.errors import UserError
 from catalog.store import Catalog
 from catalog.vectors import VectorTable
-
-DEFAULT_EMBEDDER = "minilm"
 
 
 @dataclass(frozen=True)
@@ -37,8 +36,8 @@ _COLUMNS = "embedder_id, name, path, dimension, pooling, fingerprint, max_seq_le
 def _by_files(conn, fingerprint: str, pooling: str) -> EmbedderRow | None:
     rows = db.execute(
         conn,
-        f"SELECT {_COLUMNS} FROM embedder WHERE fingerprint = $f AND pooling = $p",
-        {"f": fingerprint, "p": pooling},
+        f"SELECT {_COLUMNS} FROM embedder WHERE fingerprint = $fingerprint AND pooling = $pooling",
+        {"fingerprint": fingerprint, "pooling": pooling},
     )
     return EmbedderRow(*rows[0]) if rows else None
 
@@ -62,17 +61,17 @@ def register_embedder(
         embedder_id = db.next_id(conn, "embedder", "embedder_id")
         db.execute(
             conn,
-            """INSERT INTO embedder (embedder_id, name, path, dimension, pooling, normalized,
-                                                  max_seq_length, fingerprint, created_at)
-                            VALUES ($id, $name, $path, $dim, $pooling, true, $msl, $f, $now)""",
+            """INSERT INTO embedder (embedder_id, name, path, dimension, pooling, normalized, max_seq_length,
+                                   fingerprint, created_at)
+            VALUES ($embedder_id, $name, $path, $dimension, $pooling, true, $max_seq_length, $fingerprint, $now)""",
             {
-                "id": embedder_id,
+                "embedder_id": embedder_id,
                 "name": name,
                 "path": path,
-                "dim": dimension,
+                "dimension": dimension,
                 "pooling": pooling,
-                "msl": max_seq_length,
-                "f": fingerprint,
+                "max_seq_length": max_seq_length,
+                "fingerprint": fingerprint,
                 "now": db.utcnow(),
             },
         )

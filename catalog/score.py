@@ -63,8 +63,8 @@ def register_scorer(
     catalog: Catalog, model: str, source: str, fingerprint: str, template: str, max_length: int, dtype: str
 ) -> ScorerRow:
     """The scorer for this model file, template, length limit and dtype (created on first use)."""
-    key = {"f": fingerprint, "t": template, "m": max_length, "d": dtype}
-    where = "fingerprint = $f AND template = $t AND max_length = $m AND dtype = $d"
+    key = {"fingerprint": fingerprint, "template": template, "max_length": max_length, "dtype": dtype}
+    where = "fingerprint = $fingerprint AND template = $template AND max_length = $max_length AND dtype = $dtype"
     with catalog.write() as conn:
         rows = db.execute(conn, f"SELECT {_SCORER_COLUMNS} FROM scorer WHERE {where}", key)
         if rows:
@@ -72,8 +72,9 @@ def register_scorer(
         scorer_id = db.next_id(conn, "scorer", "scorer_id")
         db.execute(
             conn,
-            """INSERT INTO scorer VALUES ($id, $model, $source, $f, $t, $m, $d, $now)""",
-            {**key, "id": scorer_id, "model": model, "source": source, "now": db.utcnow()},
+            """INSERT INTO scorer (scorer_id, model, source, fingerprint, template, max_length, dtype, created_at)
+            VALUES ($scorer_id, $model, $source, $fingerprint, $template, $max_length, $dtype, $now)""",
+            {**key, "scorer_id": scorer_id, "model": model, "source": source, "now": db.utcnow()},
         )
     return ScorerRow(scorer_id, model, source, template, max_length, dtype)
 
@@ -87,7 +88,9 @@ def find_scorer(catalog: Catalog, model: str, scorer_id: int | None = None) -> S
         rows = [
             ScorerRow(*r)
             for r in db.execute(
-                conn, f"SELECT {_SCORER_COLUMNS} FROM scorer WHERE model = $m ORDER BY scorer_id DESC", {"m": model}
+                conn,
+                f"SELECT {_SCORER_COLUMNS} FROM scorer WHERE model = $model ORDER BY scorer_id DESC",
+                {"model": model},
             )
         ]
         known = [r[0] for r in db.execute(conn, "SELECT DISTINCT model FROM scorer ORDER BY 1")]
@@ -125,8 +128,8 @@ def pending_samples(
             conn,
             """
             SELECT count(*), count(*) FILTER (WHERE l.sample_id IS NULL)
-            FROM pool p LEFT JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $e""",
-            {"e": embedder_id},
+            FROM pool p LEFT JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id""",
+            {"embedder_id": embedder_id},
         )[0]
         table = db.query_arrow(
             conn,
@@ -135,14 +138,14 @@ def pending_samples(
                    z.sample_id IS NULL AS need_zero,
                    l.neighbour_id IS NOT NULL AND o.sample_id IS NULL AS need_one
             FROM pool p
-            JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $e
+            JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id
             LEFT JOIN sample n ON n.sample_id = l.neighbour_id
-            LEFT JOIN zero_shot_loss z ON z.sample_id = p.sample_id AND z.scorer_id = $s
+            LEFT JOIN zero_shot_loss z ON z.sample_id = p.sample_id AND z.scorer_id = $scorer_id
             LEFT JOIN one_shot_loss o
-                   ON o.sample_id = p.sample_id AND o.scorer_id = $s AND o.neighbour_id = l.neighbour_id
+                   ON o.sample_id = p.sample_id AND o.scorer_id = $scorer_id AND o.neighbour_id = l.neighbour_id
             WHERE z.sample_id IS NULL OR (l.neighbour_id IS NOT NULL AND o.sample_id IS NULL)
             ORDER BY p.sample_id""",
-            {"s": scorer_id, "e": embedder_id},
+            {"scorer_id": scorer_id, "embedder_id": embedder_id},
         )
         db.execute(conn, "DROP TABLE pool")
     pending = [
@@ -171,11 +174,11 @@ def start_run(catalog: Catalog, scorer_id: int, embedder_id: int, device: str, p
             conn,
             """INSERT INTO score_run (run_id, scorer_id, embedder_id, device, pool, samples, passes,
                                                    tokens_run, started_at)
-                            VALUES ($run, $s, $e, $device, $pool, $samples, 0, 0, $now)""",
+                            VALUES ($run_id, $scorer_id, $embedder_id, $device, $pool, $samples, 0, 0, $now)""",
             {
-                "run": run_id,
-                "s": scorer_id,
-                "e": embedder_id,
+                "run_id": run_id,
+                "scorer_id": scorer_id,
+                "embedder_id": embedder_id,
                 "device": device,
                 "pool": pool,
                 "samples": samples,
@@ -192,9 +195,9 @@ def save_results(catalog: Catalog, scorer_id: int, run_id: int, results: list[Pa
     with catalog.write() as conn:
         db.execute(
             conn,
-            """UPDATE score_run SET passes = passes + $n, tokens_run = tokens_run + $t
-                            WHERE run_id = $run""",
-            {"n": len(results), "t": tokens_run, "run": run_id},
+            """UPDATE score_run SET passes = passes + $passes, tokens_run = tokens_run + $tokens_run
+                            WHERE run_id = $run_id""",
+            {"passes": len(results), "tokens_run": tokens_run, "run_id": run_id},
         )
         for kind, table in (("zero", "zero_shot_loss"), ("one", "one_shot_loss")):
             rows = [r for r in results if r.kind == kind]
@@ -222,5 +225,7 @@ def save_results(catalog: Catalog, scorer_id: int, run_id: int, results: list[Pa
 def finish_run(catalog: Catalog, run_id: int) -> None:
     with catalog.write() as conn:
         db.execute(
-            conn, "UPDATE score_run SET finished_at = $now WHERE run_id = $run", {"now": db.utcnow(), "run": run_id}
+            conn,
+            "UPDATE score_run SET finished_at = $now WHERE run_id = $run_id",
+            {"now": db.utcnow(), "run_id": run_id},
         )

@@ -9,20 +9,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from catalog import db
+from catalog.choices import STRATEGIES
 from catalog.datasets import require_dataset
 from catalog.errors import UserError
 from catalog.export import Exported, export_samples
 from catalog.query import run_read_only
 from catalog.store import Catalog
-
-# strategy -> (miwv_scores column ranked on, direction); random needs no scores
-STRATEGIES = {
-    "miwv": ("miwv", "DESC"),
-    "low-miwv": ("miwv", "ASC"),
-    "zero-shot-loss": ("zero_shot_loss", "DESC"),
-    "one-shot-loss": ("one_shot_loss", "DESC"),
-    "random": None,
-}
 
 
 @dataclass(frozen=True)
@@ -124,21 +116,23 @@ def select(
         selection_id = db.next_id(conn, "selection", "selection_id")
         db.execute(
             conn,
-            """INSERT INTO selection VALUES ($id, (SELECT model FROM scorer WHERE scorer_id = $scorer),
-                                   $scorer, (SELECT name FROM embedder WHERE embedder_id = $embedder), $strategy,
-                                   $top_k, $top_percent, $seed, $dataset, $where, $pool, $eligible, $selected,
+            """INSERT INTO selection (selection_id, model, scorer_id, embedder, strategy, top_k, top_percent, seed,
+                                   dataset, pool_where, pool_size, eligible, selected, sql, output, created_at)
+                            VALUES ($selection_id, (SELECT model FROM scorer WHERE scorer_id = $scorer_id),
+                                   $scorer_id, (SELECT name FROM embedder WHERE embedder_id = $embedder_id), $strategy,
+                                   $top_k, $top_percent, $seed, $dataset, $pool_where, $pool_size, $eligible, $selected,
                                    $sql, $output, $now)""",
             {
-                "id": selection_id,
-                "scorer": request.scorer_id,
-                "embedder": request.embedder_id,
+                "selection_id": selection_id,
+                "scorer_id": request.scorer_id,
+                "embedder_id": request.embedder_id,
                 "strategy": request.strategy,
                 "top_k": request.top_k,
                 "top_percent": request.top_percent,
                 "seed": request.seed if request.strategy == "random" else None,
                 "dataset": request.dataset,
-                "where": request.where,
-                "pool": pool_size,
+                "pool_where": request.where,
+                "pool_size": pool_size,
                 "eligible": eligible,
                 "selected": chosen.num_rows,
                 "sql": sql,

@@ -1,0 +1,1 @@
+"""What the CLI shows on a terminal: tables, JSON, CSV and progress bars."""
