@@ -7,7 +7,6 @@ rows. A crash, Ctrl-C or a failed write (disk full) leaves the catalog as it was
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -237,6 +236,9 @@ def _renamed(source: RowSource, columns: dict[str, str]) -> list[Row]:
     unknown = sorted(set(columns) - set(COLUMN_TARGETS))
     if unknown:
         raise InvalidInput(f"--columns: unknown target {', '.join(unknown)}; targets are {', '.join(COLUMN_TARGETS)}")
+    doubled = sorted({field for field in columns.values() if list(columns.values()).count(field) > 1})
+    if doubled:
+        raise InvalidInput(f"--columns: {', '.join(doubled)} is mapped to more than one target; map each field once")
     present = source.columns
     if present is None:
         present = list(dict.fromkeys(key for row in source.rows if isinstance(row.record, dict) for key in row.record))
@@ -288,7 +290,7 @@ def _sample_table(samples: list[tuple[int, Sample]], ingest_id: int, created_at)
             "user_text": pa.array([s.user_text for _, s in samples], pa.string()),
             "n_turns": pa.array([s.n_turns for _, s in samples], pa.int32()),
             "extra": pa.array(
-                [json.dumps(s.extra, ensure_ascii=False, default=str) if s.extra else None for _, s in samples],
+                [s.extra_json for _, s in samples],
                 pa.string(),
             ),
             "created_at": pa.array([created_at] * len(samples), pa.timestamp("us")),

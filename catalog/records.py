@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 SHAPES = ("alpaca", "sharegpt", "openai")
@@ -35,11 +36,20 @@ class Sample:
     output: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def sample_id(self) -> int:
         """Signed 64-bit id: the first 8 bytes of SHA-256 over the canonical messages JSON."""
         canonical = json.dumps([list(m) for m in self.messages], ensure_ascii=False, separators=(",", ":"))
         return int.from_bytes(hashlib.sha256(canonical.encode("utf-8")).digest()[:8], "big", signed=True)
+
+    @cached_property
+    def extra_json(self) -> str | None:
+        """The extra fields as stored (JSON text), None when there are none."""
+        if not self.extra:
+            return None
+        text = json.dumps(self.extra, ensure_ascii=False, default=str)
+        text.encode("utf-8")  # a lone surrogate cannot be stored: raise here, not in the database
+        return text
 
     @property
     def user_text(self) -> str:
@@ -88,7 +98,7 @@ def to_sample(record: Any, shape: str) -> Sample:
         raise RecordError(f"expected an object, got {type(record).__name__}")
     try:
         sample = _normalised(record, shape)
-        json.dumps([sample.messages, sample.extra], ensure_ascii=False, default=str).encode("utf-8")
+        _ = (sample.sample_id, sample.extra_json)  # both encode what is stored: fail here, not in the database
     except RecursionError:
         raise RecordError("nested too deeply to store") from None
     except UnicodeEncodeError:

@@ -187,6 +187,7 @@ def test_a_bad_column_mapping_is_refused_before_anything_is_written(tmp_path, ca
         "prompt=instruction": "--columns: unknown target prompt; targets are instruction, input, output",
         "instruction=prompt,output=answer": "has no field answer; its fields: prompt, context, completion, id",
         "instruction=prompt,output=completion,input=id,system=context,history=missing": "has no field missing",
+        "instruction=prompt,input=prompt,output=completion": "prompt is mapped to more than one target",
         "instruction=": "expected TARGET=FIELD pairs",
     }
     for columns, message in cases.items():
