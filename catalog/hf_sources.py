@@ -35,7 +35,8 @@ def read_folder(path: Path, split: str | None) -> RowSource:
         rows += shard_rows
         columns += [column for column in shard_columns if column not in columns]
         hashes.append(f"{name} {file_sha256(shard)}")
-    return RowSource(str(path), str(path.resolve()), "parquet-dir", "row", rows, _combined(hashes), columns)
+    location = f"{path.resolve()}?split={split}" if split else str(path.resolve())
+    return RowSource(str(path), location, "parquet-dir", "row", rows, _combined(hashes), columns)
 
 
 def read_hub(name: str, split: str | None) -> RowSource:
@@ -63,6 +64,8 @@ def _saved_dataset(path: Path, split: str | None) -> RowSource:
         loaded = datasets.load_from_disk(str(path))
     except (OSError, ValueError) as error:
         raise InvalidInput(f"{path}: not a readable `datasets` save_to_disk folder ({error})") from None
+    if split is not None and not isinstance(loaded, datasets.DatasetDict):
+        raise InvalidInput(f"{path} holds one dataset, not splits; drop --split")
     dataset, split = _one_split(loaded, split, str(path))
     label = f"{path} (split {split})" if split else str(path)
     location = f"{path.resolve()}?split={split}" if split else str(path.resolve())

@@ -40,7 +40,7 @@ def _unwrapped(rows: Any) -> tuple[str, Any]:
     if pandas is not None and isinstance(rows, pandas.DataFrame):
         try:
             return "pandas", pa.Table.from_pandas(rows, preserve_index=False)
-        except pa.ArrowException:  # a column of mixed types: validate each row on its own instead
+        except (pa.ArrowException, UnicodeEncodeError):  # mixed types, a lone surrogate: validate row by row
             return "pandas", rows.astype(object).where(rows.notna(), None).to_dict("records")
     if datasets is not None and isinstance(rows, datasets.Dataset):
         return "hf-dataset", rows.with_format("arrow")[:]  # honours a selection or shuffle (the indices mapping)

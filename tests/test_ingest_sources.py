@@ -145,6 +145,7 @@ def test_source_problems_are_one_clear_error(tmp_path, cli_run, catalog_dir, hf_
         (str(empty),): "no .parquet files and not a `datasets` save_to_disk folder",
         (str(saved),): "has splits train, test; choose one with --split",
         (str(saved), "--split", "dev"): "has splits train, test; there is no split 'dev'",
+        (str(save_to_disk(tmp_path / "one", {"train": shared_rows(2)})), "--split", "train"): "holds one dataset",
         ("hf:no-such-org/no-such-dataset-xyz",): "hf:no-such-org/no-such-dataset-xyz: cannot load it",
         (str(write_jsonl(tmp_path / "a.jsonl", shared_rows(2))), "--split", "train"): "--split applies to folders",
     }
@@ -236,3 +237,17 @@ def test_ingest_rows_is_all_or_nothing_and_takes_columns(tmp_path):
     assert table_counts(catalog.path)["ingest_reject"] == 1
     with pytest.raises(InvalidInput, match="rows must be a list of dicts"):
         ingest_rows(catalog, {"instruction": ["a"], "output": ["b"]}, "dolly")
+
+
+def test_a_dataframe_with_missing_cells_or_mixed_types_is_validated_row_by_row(tmp_path):
+    import pandas as pd
+
+    rows = shared_rows(200)
+    records = [r for r in rows if not r["input"]][:5] + [r for r in rows if r["input"]][:5]
+    without_input = [{k: v for k, v in r.items() if k != "input"} for r in records[:5]]  # NaN in the frame
+    mixed = [*records[5:], {**records[0], "instruction": "Count.", "input": 7}]
+    catalog = Catalog(tmp_path / "catalog")
+    first = ingest_rows(catalog, pd.DataFrame(without_input + records[5:]), "dolly")
+    assert first.rows_new == 10 and sample_ids(catalog.path) == ids(records)
+    with pytest.raises(InvalidInput, match="<rows>: row 6: field 'input' must be a string, got int"):
+        ingest_rows(catalog, pd.DataFrame(mixed), "dolly")
