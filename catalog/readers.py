@@ -28,6 +28,7 @@ from catalog.records import storable_text
 FORMATS = ("jsonl", "json", "parquet", "csv")
 RAW_LIMIT = 20_000  # characters of a rejected row kept for the user to inspect
 TOO_DEEP = "JSON nested too deeply to read"
+CSV_CELL_LIMIT = 2**31 - 1  # csv's default of 131,072 characters refuses real long-context cells
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,7 @@ def _csv_rows(path: Path, text: str) -> tuple[list[str], list[Row]]:
     A quoted cell may span lines, so a record's line is where the previous one ended, plus one.
     An empty cell is an absent value (CSV cannot tell them apart).
     """
+    csv.field_size_limit(CSV_CELL_LIMIT)
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader, [])

@@ -280,3 +280,12 @@ def test_a_write_that_fails_at_commit_is_one_line_and_leaves_the_catalog_as_it_w
     with Catalog(catalog_dir).read() as conn:
         assert {row[0] for row in db.execute(conn, "SELECT sample_id FROM sample")} == before_ids
     assert cli_run("ingest", big, "--skip-invalid").exit_code == 0  # with room again, the same ingest goes through
+
+
+def test_a_csv_cell_longer_than_the_csv_module_default_is_read(tmp_path, catalog_dir, cli_run):
+    records = fixture_records()[:3]
+    records[1] = {**records[1], "output": " ".join(r["output"] for r in fixture_records()) * 20}
+    assert len(records[1]["output"]) > 131_072  # the csv module's default cell limit
+    result = cli_run("ingest", write_format(tmp_path / "long.csv", records))
+    assert result.exit_code == 0, result.output
+    assert sample_ids(catalog_dir) == expected_ids(records)
