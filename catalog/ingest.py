@@ -269,8 +269,7 @@ def _detect_shape(source: RowSource, rows: list[Row]) -> str:
         row = rows[0]
         more = f" (and every other {source.unit})" if len(rows) > 1 else ""
         raise InvalidInput(f"{source.label}: {source.where(row)}: {row.error}{more}; nothing was ingested")
-    keys = sorted(first.record) if isinstance(first.record, dict) else []
-    found = f"keys: {keys}" if isinstance(first.record, dict) else f"a JSON {type(first.record).__name__}"
+    found = f"keys: {sorted(first.record)}" if isinstance(first.record, dict) else type(first.record).__name__
     raise InvalidInput(
         f"{source.label}: {source.where(first)}: cannot tell the record format ({found}); expected Alpaca "
         "(instruction, input, output), ShareGPT (conversations) or OpenAI (messages), or pass --format"

@@ -28,7 +28,9 @@ def memory_rows(rows: Any, source: str) -> RowSource:
         )
     digest = hashlib.sha256()
     for row in listed:
-        digest.update((record_json(row.record) or f"<row {row.number} nested too deeply>").encode("utf-8") + b"\n")
+        digest.update(
+            (record_json(row.record, limit=None) or f"<row {row.number} nested too deeply>").encode("utf-8") + b"\n"
+        )
     return RowSource(source, source, file_format, "row", listed, digest.hexdigest(), columns)
 
 

@@ -105,10 +105,10 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
-def record_json(record: Any) -> str | None:
-    """A record as storable JSON text (lone surrogates escaped, cut at RAW_LIMIT); None if nested too deeply."""
+def record_json(record: Any, limit: int | None = RAW_LIMIT) -> str | None:
+    """A record as storable JSON text (lone surrogates escaped, cut at `limit`); None if nested too deeply."""
     try:
-        return storable_text(json.dumps(record, ensure_ascii=False, default=str))[:RAW_LIMIT]
+        return storable_text(json.dumps(record, ensure_ascii=False, default=str))[:limit]
     except RecursionError:
         return None
 
