@@ -281,6 +281,13 @@ def test_a_write_that_fails_at_commit_is_one_line_and_leaves_the_catalog_as_it_w
         assert {row[0] for row in db.execute(conn, "SELECT sample_id FROM sample")} == before_ids
     assert cli_run("ingest", big, "--skip-invalid").exit_code == 0  # with room again, the same ingest goes through
 
+    fresh = tmp_path / "fresh"  # a first ingest that cannot be written leaves an empty catalog, never half of one
+    command[command.index(str(catalog_dir))] = str(fresh)
+    failed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1].startswith(f"Error: catalog {fresh}: could not write")
+    assert table_counts(fresh) == {"sample": 0, "membership": 0, "ingest_batch": 0, "ingest_reject": 0}
+
 
 def test_a_csv_cell_longer_than_the_csv_module_default_is_read(tmp_path, catalog_dir, cli_run):
     records = fixture_records()[:3]

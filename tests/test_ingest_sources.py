@@ -141,12 +141,18 @@ def test_source_problems_are_one_clear_error(tmp_path, cli_run, catalog_dir, hf_
     empty = tmp_path / "empty"
     empty.mkdir()
     saved = save_to_disk(tmp_path / "saved", {"train": shared_rows(3), "test": shared_rows(2)})
+    hub_folder = tmp_path / "hub"
+    hub_folder.mkdir()
+    write_jsonl(hub_folder / "train.jsonl", shared_rows(3))
+    write_jsonl(hub_folder / "test.jsonl", shared_rows(2))
     cases = {
         (str(empty),): "no .parquet files and not a `datasets` save_to_disk folder",
         (str(saved),): "has splits train, test; choose one with --split",
         (str(saved), "--split", "dev"): "has splits train, test; there is no split 'dev'",
         (str(save_to_disk(tmp_path / "one", {"train": shared_rows(2)})), "--split", "train"): "holds one dataset",
         ("hf:no-such-org/no-such-dataset-xyz",): "hf:no-such-org/no-such-dataset-xyz: cannot load it",
+        (f"hf:{hub_folder}",): f"hf:{hub_folder} has splits train, test; choose one with --split",
+        (f"hf:{hub_folder}", "--split", "dev"): f"hf:{hub_folder}: cannot load it (Unknown split",
         (str(write_jsonl(tmp_path / "a.jsonl", shared_rows(2))), "--split", "train"): "--split applies to folders",
     }
     for args, message in cases.items():
