@@ -55,9 +55,19 @@ def cli(ctx: click.Context, catalog_path: str) -> None:
     ctx.obj = Catalog(catalog_path)
 
 
+def column_map(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
+    """--columns instruction=prompt,output=completion -> {"instruction": "prompt", "output": "completion"}."""
+    if value is None:
+        return None
+    pairs = [item.partition("=") for item in value.split(",") if item.strip()]
+    if not pairs or any(not target.strip() or not sep or not source.strip() for target, sep, source in pairs):
+        raise click.BadParameter("expected TARGET=FIELD pairs separated by commas, e.g. instruction=prompt")
+    return {target.strip(): source.strip() for target, _, source in pairs}
+
+
 @cli.command()
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("--dataset", help="Dataset the rows belong to (default: the file name without extensions).")
+@click.argument("path")
+@click.option("--dataset", help="Dataset the rows belong to (default: the file or folder name without extensions).")
 @click.option(
     "--format",
     "shape",
@@ -65,20 +75,36 @@ def cli(ctx: click.Context, catalog_path: str) -> None:
     help="Record shape (default: detected from the first record).",
 )
 @click.option("--skip-invalid", is_flag=True, help="Ingest the valid rows; record invalid ones in the `rejects` view.")
+@click.option(
+    "--columns",
+    callback=column_map,
+    help="Rename fields first: TARGET=FIELD,... with targets instruction, input, output, system, history, "
+    "conversations, messages.",
+)
+@click.option("--split", help="Split of a datasets folder, a folder of shards or an hf: dataset.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def ingest(
-    catalog: Catalog, path: str, dataset: str | None, shape: str | None, skip_invalid: bool, as_json: bool
+    catalog: Catalog,
+    path: str,
+    dataset: str | None,
+    shape: str | None,
+    skip_invalid: bool,
+    columns: dict[str, str] | None,
+    split: str | None,
+    as_json: bool,
 ) -> None:
-    """Add the samples of PATH (.jsonl, .json, .parquet, .csv; text formats may be .gz) to the catalog.
+    """Add the samples of PATH to the catalog: a .jsonl, .json, .parquet or .csv file (text
+    formats may be .gz), a `datasets` save_to_disk folder, a folder of Parquet shards, or
+    hf:ORG/NAME (datasets.load_dataset: the local HF cache offline, the Hub online).
 
-    The file is ingested whole or not at all. Samples already in the catalog (same content)
+    PATH is ingested whole or not at all. Samples already in the catalog (same content)
     are not added again; their membership in --dataset is recorded.
     """
     from catalog.ingest import ingest_file
     from terminal.render import print_json
 
-    result = ingest_file(catalog, path, dataset, shape, skip_invalid)
+    result = ingest_file(catalog, path, dataset, shape, skip_invalid, columns, split)
     if as_json:
         print_json(result.as_dict())
         return

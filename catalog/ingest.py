@@ -1,24 +1,35 @@
-"""Ingest one file into the catalog, all or nothing.
+"""Ingest one source (a file, a folder, hf:NAME, or rows in memory) into the catalog, all or nothing.
 
 Rows are parsed and validated before the catalog is touched; then one transaction records
-the batch, adds the samples not yet known, the file's dataset memberships and any rejected
-rows. A crash or Ctrl-C before the commit leaves the catalog as it was.
+the batch, adds the samples not yet known, the source's dataset memberships and any rejected
+rows. A crash, Ctrl-C or a failed write (disk full) leaves the catalog as it was.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
+import sqlalchemy as sa
 
 from catalog import db
-from catalog.errors import InvalidInput
-from catalog.readers import RAW_LIMIT, Row, read_file
-from catalog.records import SHAPES, RecordError, Sample, detect_shape, to_sample
+from catalog.errors import InvalidInput, UserError
+from catalog.readers import Row, RowSource, read_file, record_json
+from catalog.records import (
+    COLUMN_TARGETS,
+    SHAPES,
+    RecordError,
+    Sample,
+    detect_shape,
+    rename_columns,
+    storable_text,
+    to_sample,
+)
 from catalog.store import Catalog
 from terminal.progress import track
 
@@ -45,52 +56,101 @@ class IngestResult:
 
 
 def ingest_file(
-    catalog: Catalog, path: str | Path, dataset: str | None = None, shape: str | None = None, skip_invalid: bool = False
+    catalog: Catalog,
+    path: str | Path,
+    dataset: str | None = None,
+    shape: str | None = None,
+    skip_invalid: bool = False,
+    columns: dict[str, str] | None = None,
+    split: str | None = None,
 ) -> IngestResult:
     """Add the samples of `path` to `catalog` as members of `dataset`.
 
     Args:
         catalog: the catalog to write to (created if absent).
-        path: a .jsonl, .json, .parquet or .csv file (text formats may be gzipped).
-        dataset: the dataset the file's rows belong to (default: the file name up to its first dot).
-        shape: "alpaca", "sharegpt" or "openai"; detected from the first record when None.
-        skip_invalid: ingest the valid rows and record the invalid ones, instead of refusing the file.
+        path: a .jsonl, .json, .parquet or .csv file (text formats may be gzipped); a folder (a
+            `datasets` save_to_disk folder, or Parquet shards at any depth); or hf:NAME (`datasets.load_dataset`).
+        dataset: the dataset the rows belong to (default: the file name up to its first dot, the
+            folder's name, or NAME's last part).
+        shape: "alpaca", "sharegpt" or "openai"; detected from the first record that shows one when None.
+        skip_invalid: ingest the valid rows and record the invalid ones, instead of refusing the source.
+        columns: {target: source field} renames applied before anything else (see COLUMN_TARGETS).
+        split: the split of a DatasetDict, an hf: dataset or a folder of shards.
     """
+    source = _open(str(path), split)
+    if dataset is None:
+        dataset = Path(str(path).removeprefix("hf:").rstrip("/")).name.split(".")[0]
+    return _ingest(catalog, source, dataset, shape, skip_invalid, columns)
+
+
+def ingest_rows(
+    catalog: Catalog,
+    rows: Any,
+    dataset: str,
+    shape: str | None = None,
+    skip_invalid: bool = False,
+    columns: dict[str, str] | None = None,
+    source: str = "<rows>",
+) -> IngestResult:
+    """Add in-memory `rows` (a list or iterable of dicts, a pandas DataFrame, a pyarrow Table or a
+    datasets.Dataset) to `catalog`, validated and written exactly as `ingest_file` does; `source`
+    names them in messages and in ingest_batch.path."""
+    from catalog.memory_rows import memory_rows
+
+    return _ingest(catalog, memory_rows(rows, source), dataset, shape, skip_invalid, columns)
+
+
+def _open(path: str, split: str | None) -> RowSource:
+    if path.startswith("hf:"):
+        from catalog.hf_sources import read_hub
+
+        return read_hub(path.removeprefix("hf:"), split)
+    if Path(path).is_dir():
+        from catalog.hf_sources import read_folder
+
+        return read_folder(Path(path), split)
+    if split is not None:
+        raise InvalidInput(f"{path}: --split applies to folders and hf: datasets, not to a file")
+    return read_file(path)
+
+
+def _ingest(
+    catalog: Catalog, source: RowSource, dataset: str, shape: str | None, skip_invalid: bool, columns: dict | None
+) -> IngestResult:
     started = time.monotonic()
     started_at = db.utcnow()
-    dataset = Path(path).name.split(".")[0] if dataset is None else dataset
     if not dataset.strip():
         raise InvalidInput("--dataset must not be empty")
-    rows = read_file(path)
-    if not rows.rows:
-        raise InvalidInput(f"{rows.path}: the file holds no records")
-    shape = shape or _detect_shape(rows.path, rows.rows)
+    if not source.rows:
+        raise InvalidInput(f"{source.label}: the source holds no records")
+    rows = _renamed(source, columns or {})
+    shape = shape or _detect_shape(source, rows)
     if shape not in SHAPES:
         raise InvalidInput(f"unknown record format {shape!r}; use one of {', '.join(SHAPES)}")
 
-    samples: dict[int, tuple[int, Sample]] = {}  # first occurrence of each sample in the file
-    rejects: list[tuple[int, str, str | None]] = []
-    for row in track(rows.rows, len(rows.rows), f"reading {rows.path.name}"):
+    samples: dict[int, tuple[int, Sample]] = {}  # first occurrence of each sample in the source
+    rejects: list[tuple[Row, str]] = []  # (row, problem)
+    for row in track(rows, len(rows), f"reading {Path(source.label).name}"):
         if row.error is not None:
-            rejects.append((row.number, row.error, row.raw))
+            rejects.append((row, row.error))
             continue
         try:
             sample = to_sample(row.record, shape)
         except RecordError as error:
-            rejects.append((row.number, str(error), _raw(row)))
+            rejects.append((row, str(error)))
             continue
         samples.setdefault(sample.sample_id, (row.number, sample))
     if rejects and not skip_invalid:
-        number, reason, _ = rejects[0]
-        more = f"; {len(rejects) - 1} more invalid {rows.unit}s" if len(rejects) > 1 else ""
+        row, problem = rejects[0]
+        more = f"; {len(rejects) - 1} more invalid {source.unit}s" if len(rejects) > 1 else ""
         raise InvalidInput(
-            f"{rows.path}: {rows.unit} {number}: {reason}{more}. Nothing was ingested; fix the file "
-            "or pass --skip-invalid to ingest the valid rows and record the rest in the `rejects` view"
+            f"{source.label}: {source.where(row)}: {problem}{more}. Nothing was "
+            "ingested; fix the input or pass --skip-invalid to ingest the valid rows and record the rest in the "
+            "`rejects` view"
         )
 
-    valid = len(rows.rows) - len(rejects)
-    file_sha256 = hashlib.sha256(rows.path.read_bytes()).hexdigest()
-    with catalog.write() as conn:
+    valid = len(rows) - len(rejects)
+    with _committed(catalog) as conn:
         ingest_id = db.next_id(conn, "ingest_batch", "ingest_id")
         table = _sample_table(list(samples.values()), ingest_id, started_at)
         with db.registered(conn, "incoming", table):
@@ -100,11 +160,11 @@ def ingest_file(
             db.insert_arrow(conn, "ingest_reject", _reject_table(rejects, ingest_id))
         result = IngestResult(
             ingest_id=ingest_id,
-            path=str(rows.path.resolve()),
+            path=source.location,
             dataset=dataset,
-            file_format=rows.file_format,
+            file_format=source.file_format,
             record_shape=shape,
-            rows_read=len(rows.rows),
+            rows_read=len(rows),
             rows_new=rows_new,
             rows_duplicate=valid - rows_new,
             rows_rejected=len(rejects),
@@ -112,9 +172,38 @@ def ingest_file(
         )
         batch = {k: v for k, v in result.as_dict().items() if k != "seconds"}
         db.execute(
-            conn, _INSERT_BATCH, {**batch, "sha": file_sha256, "started_at": started_at, "finished_at": db.utcnow()}
+            conn,
+            _INSERT_BATCH,
+            {**batch, "sha": source.fingerprint, "started_at": started_at, "finished_at": db.utcnow()},
         )
     return result
+
+
+@contextmanager
+def _committed(catalog: Catalog) -> Iterator[sa.Connection]:
+    """catalog.write(), with a failed write (disk full, file too large, no permission) as one UserError.
+
+    DuckDB rolls the transaction back when its write-ahead log cannot be written, so the
+    catalog still holds exactly what it held before.
+    """
+    try:
+        with catalog.write() as conn:
+            yield conn
+    except (OSError, sa.exc.DBAPIError) as error:
+        problem = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        if isinstance(error, sa.exc.DBAPIError) and not _is_write_failure(problem):
+            raise
+        raise UserError(
+            f"catalog {catalog.path}: could not write ({problem}); nothing was ingested. "
+            "Free disk space or fix the permissions there, then run the ingest again"
+        ) from None
+
+
+def _is_write_failure(message: str) -> bool:
+    return any(
+        sign in message
+        for sign in ("Could not write", "IO Error", "No space left", "File too large", "Permission denied", "Disk full")
+    )
 
 
 _INSERT_NEW_SAMPLES = """
@@ -140,20 +229,51 @@ _INSERT_BATCH = """
 """
 
 
-def _detect_shape(path: Path, rows: list[Row]) -> str:
-    first = next((row for row in rows if row.error is None), None)
-    shape = detect_shape(first.record) if first else None
-    if shape is None:
-        keys = sorted(first.record) if first and isinstance(first.record, dict) else []
+def _renamed(source: RowSource, columns: dict[str, str]) -> list[Row]:
+    """The source's rows with `columns` ({target: source field}) renamed; a bad mapping is refused up front."""
+    if not columns:
+        return source.rows
+    unknown = sorted(set(columns) - set(COLUMN_TARGETS))
+    if unknown:
+        raise InvalidInput(f"--columns: unknown target {', '.join(unknown)}; targets are {', '.join(COLUMN_TARGETS)}")
+    doubled = sorted({field for field in columns.values() if list(columns.values()).count(field) > 1})
+    if doubled:
+        raise InvalidInput(f"--columns: {', '.join(doubled)} is mapped to more than one target; map each field once")
+    present = source.columns
+    if present is None:
+        present = list(dict.fromkeys(key for row in source.rows if isinstance(row.record, dict) for key in row.record))
+    missing = [field for field in columns.values() if field not in present]
+    if missing:
         raise InvalidInput(
-            f"{path}: cannot tell the record format from the first record (keys: {keys}); expected Alpaca "
-            "(instruction, input, output), ShareGPT (conversations) or OpenAI (messages), or pass --format"
+            f"--columns: {source.label} has no field {', '.join(missing)}; its fields: {', '.join(present)}"
         )
-    return shape
+    clashing = [target for target in columns if target in present and target not in columns.values()]
+    if clashing:
+        raise InvalidInput(
+            f"--columns: {source.label} already has a field {', '.join(clashing)}; map it away too or drop it"
+        )
+    return [
+        row if row.error else Row(row.number, rename_columns(row.record, columns), place=row.place)
+        for row in source.rows
+    ]
 
 
-def _raw(row: Row) -> str:
-    return json.dumps(row.record, ensure_ascii=False, default=str)[:RAW_LIMIT]
+def _detect_shape(source: RowSource, rows: list[Row]) -> str:
+    """The shape of the first row that shows one; else the first row's own problem."""
+    for row in rows:
+        shape = detect_shape(row.record) if row.error is None else None
+        if shape is not None:
+            return shape
+    first = next((row for row in rows if row.error is None), None)
+    if first is None:
+        row = rows[0]
+        more = f" (and every other {source.unit})" if len(rows) > 1 else ""
+        raise InvalidInput(f"{source.label}: {source.where(row)}: {row.error}{more}; nothing was ingested")
+    found = f"keys: {sorted(first.record)}" if isinstance(first.record, dict) else type(first.record).__name__
+    raise InvalidInput(
+        f"{source.label}: {source.where(first)}: cannot tell the record format ({found}); expected Alpaca "
+        "(instruction, input, output), ShareGPT (conversations) or OpenAI (messages), or pass --format"
+    )
 
 
 def _sample_table(samples: list[tuple[int, Sample]], ingest_id: int, created_at) -> pa.Table:
@@ -169,7 +289,7 @@ def _sample_table(samples: list[tuple[int, Sample]], ingest_id: int, created_at)
             "user_text": pa.array([s.user_text for _, s in samples], pa.string()),
             "n_turns": pa.array([s.n_turns for _, s in samples], pa.int32()),
             "extra": pa.array(
-                [json.dumps(s.extra, ensure_ascii=False, default=str) if s.extra else None for _, s in samples],
+                [s.extra_json for _, s in samples],
                 pa.string(),
             ),
             "created_at": pa.array([created_at] * len(samples), pa.timestamp("us")),
@@ -179,12 +299,16 @@ def _sample_table(samples: list[tuple[int, Sample]], ingest_id: int, created_at)
     )
 
 
-def _reject_table(rejects: list[tuple[int, str, str | None]], ingest_id: int) -> pa.Table:
+def _reject_table(rejects: list[tuple[Row, str]], ingest_id: int) -> pa.Table:
+    """Rejected rows; a row named by more than its number (a shard's row, a record's line) says so in its reason."""
     return pa.table(
         {
             "ingest_id": pa.array([ingest_id] * len(rejects), pa.int32()),
-            "source_row": pa.array([number for number, _, _ in rejects], pa.int32()),
-            "reason": pa.array([reason for _, reason, _ in rejects], pa.string()),
-            "raw": pa.array([raw for _, _, raw in rejects], pa.string()),
+            "source_row": pa.array([row.number for row, _ in rejects], pa.int32()),
+            "reason": pa.array(
+                [storable_text(f"{row.place}: {problem}" if row.place else problem) for row, problem in rejects],
+                pa.string(),
+            ),
+            "raw": pa.array([row.raw or record_json(row.record) for row, _ in rejects], pa.string()),
         }
     )

@@ -1,14 +1,17 @@
 """Input files (.jsonl, .json, .parquet, .csv; .gz for the text formats) as numbered rows.
 
-A row that cannot be read (bad JSON, bad UTF-8) comes back with an error instead of a
-record, so ingest can refuse the file or skip the row. A file that cannot be read at all
-raises InvalidInput.
+A row that cannot be read (bad JSON, bad UTF-8, nesting too deep to parse) comes back with
+an error instead of a record, so ingest can refuse the file or skip the row. A file that
+cannot be read at all raises InvalidInput. Other sources (folders, hf:, rows in memory)
+produce the same RowSource through `arrow_rows` and `record_json`.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
+import hashlib
 import io
 import json
 import zlib
@@ -17,30 +20,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from catalog.errors import InvalidInput
+from catalog.records import storable_text
 
 FORMATS = ("jsonl", "json", "parquet", "csv")
 RAW_LIMIT = 20_000  # characters of a rejected row kept for the user to inspect
+TOO_DEEP = "JSON nested too deeply to read"
+CSV_CELL_LIMIT = 2**31 - 1  # csv's default of 131,072 characters refuses real long-context cells
 
 
 @dataclass(frozen=True)
 class Row:
-    """One record of the file, or the reason it could not be read."""
+    """One record of the source, or the reason it could not be read."""
 
-    number: int  # 1-based: the line of a JSONL file, else the record/row index
+    number: int  # 1-based and unique within a source: the file line for JSONL/CSV, else the record/row index
     record: Any = None
     error: str | None = None
     raw: str | None = None  # the row's original text, kept for rejected rows
+    place: str | None = None  # how messages name the row when "<unit> <number>" does not say it all
 
 
 @dataclass(frozen=True)
-class RowFile:
-    """A readable input file: its format, how its rows are counted, and the rows."""
+class RowSource:
+    """A readable input: how messages name it, what ingest_batch records, and its rows."""
 
-    path: Path
+    label: str  # the path or name as the user gave it, for messages
+    location: str  # recorded as ingest_batch.path: a resolved path, hf:NAME or the caller's name for in-memory rows
     file_format: str
     unit: str  # "line", "record" or "row": how messages name a row
     rows: list[Row]
+    fingerprint: str  # SHA-256 of the content (of the file, or over the shards' hashes)
+    columns: list[str] | None = None  # the column names of a tabular source; None when each record has its own
+
+    def where(self, row: Row) -> str:
+        """How a message names `row`: "line 7", "record 3 (line 12)", "row 5 of shard data/x.parquet"."""
+        return row.place or f"{self.unit} {row.number}"
 
 
 def file_format_of(path: Path) -> str:
@@ -53,30 +69,67 @@ def file_format_of(path: Path) -> str:
     if suffix not in names:
         raise InvalidInput(
             f"{path}: unsupported file type {suffix or '(none)'}; "
-            "use .jsonl, .json, .parquet or .csv (text formats may be .gz)"
+            "use .jsonl, .json, .parquet or .csv (text formats may be .gz), a folder or hf:NAME"
         )
     if names[suffix] == "parquet" and path.suffix.lower() == ".gz":
         raise InvalidInput(f"{path}: parquet is compressed internally; do not gzip it")
     return names[suffix]
 
 
-def read_file(path: str | Path) -> RowFile:
+def read_file(path: str | Path) -> RowSource:
     """Read every row of `path`."""
     path = Path(path)
     if not path.is_file():
         raise InvalidInput(f"{path}: no such file")
     file_format = file_format_of(path)
+    fingerprint = file_sha256(path)
     if file_format == "parquet":
-        return RowFile(path, "parquet", "row", _parquet_rows(path))
-    data = _read_bytes(path)
+        rows, columns = parquet_rows(path, start=1)
+        return RowSource(str(path), str(path.resolve()), "parquet", "row", rows, fingerprint, columns)
+    data = _read_bytes(path).removeprefix(codecs.BOM_UTF8)
     if file_format == "json" and data.lstrip()[:1] == b"{":
         file_format = "jsonl"  # a .json file of one object per line
     if file_format == "jsonl":
-        return RowFile(path, "jsonl", "line", list(_jsonl_rows(data)))
+        rows = list(_jsonl_rows(data))
+        return RowSource(str(path), str(path.resolve()), "jsonl", "line", rows, fingerprint)
     text = _decode_whole(path, data)
     if file_format == "json":
-        return RowFile(path, "json", "record", _json_array_rows(path, text))
-    return RowFile(path, "csv", "row", list(_csv_rows(text)))
+        rows = _json_array_rows(path, text)
+        return RowSource(str(path), str(path.resolve()), "json", "record", rows, fingerprint)
+    header, rows = _csv_rows(path, text)
+    return RowSource(str(path), str(path.resolve()), "csv", "line", rows, fingerprint, header)
+
+
+def file_sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def record_json(record: Any, limit: int | None = RAW_LIMIT) -> str | None:
+    """A record as storable JSON text (lone surrogates escaped, cut at `limit`); None if nested too deeply."""
+    try:
+        return storable_text(json.dumps(record, ensure_ascii=False, default=str))[:limit]
+    except RecursionError:
+        return None
+
+
+def arrow_rows(table: pa.Table, start: int, part: str | None = None) -> list[Row]:
+    """The rows of an Arrow table numbered from `start`; with `part` ("shard X"), messages say "row i of shard X"."""
+    return [
+        Row(start + i, record=record, place=f"row {i + 1} of {part}" if part else None)
+        for i, record in enumerate(table.to_pylist())
+    ]
+
+
+def parquet_rows(path: Path, start: int, part: str | None = None) -> tuple[list[Row], list[str]]:
+    """The rows of one Parquet file (see `arrow_rows`) and its column names."""
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as error:
+        raise InvalidInput(f"{path}: not a readable parquet file ({error})") from None
+    return arrow_rows(table, start, part), table.column_names
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -91,7 +144,7 @@ def _read_bytes(path: Path) -> bytes:
 
 def _decode_whole(path: Path, data: bytes) -> str:
     try:
-        return data.decode("utf-8-sig")
+        return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise InvalidInput(
@@ -99,12 +152,17 @@ def _decode_whole(path: Path, data: bytes) -> str:
         ) from None
 
 
+def _json_problem(error: json.JSONDecodeError) -> str:
+    """'invalid JSON (<what> at column N)'; some of json's messages already end in ' at'."""
+    return f"invalid JSON ({error.msg.removesuffix(' at')} at column {error.colno})"
+
+
 def _jsonl_rows(data: bytes) -> Iterator[Row]:
     for number, line in enumerate(data.split(b"\n"), start=1):
         if not line.strip():
             continue
         try:
-            text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+            text = line.decode("utf-8")
         except UnicodeDecodeError as error:
             yield Row(
                 number,
@@ -115,39 +173,89 @@ def _jsonl_rows(data: bytes) -> Iterator[Row]:
         try:
             yield Row(number, record=json.loads(text))
         except json.JSONDecodeError as error:
-            yield Row(number, error=f"invalid JSON ({error.msg} at column {error.colno})", raw=text[:RAW_LIMIT])
+            yield Row(number, error=_json_problem(error), raw=text[:RAW_LIMIT])
+        except RecursionError:
+            yield Row(number, error=TOO_DEEP, raw=text[:RAW_LIMIT])
 
 
 def _json_array_rows(path: Path, text: str) -> list[Row]:
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise InvalidInput(f"{path}:{error.lineno}: invalid JSON ({error.msg} at column {error.colno})") from None
-    if not isinstance(records, list):
+    """The elements of a JSON array, one at a time, so one element nested too deeply is a row error."""
+    decoder = json.JSONDecoder()
+    pos = _skip_space(text, 0)
+    if text[pos : pos + 1] != "[":
         raise InvalidInput(f"{path}: a .json file must hold an array of records (or one JSON object per line)")
-    return [Row(number, record=record) for number, record in enumerate(records, start=1)]
+    rows: list[Row] = []
+    pos, line, counted = _skip_space(text, pos + 1), 1, 0
+    while text[pos : pos + 1] != "]":
+        line, counted = line + text.count("\n", counted, pos), pos
+        number = len(rows) + 1
+        try:
+            record, end = decoder.raw_decode(text, pos)
+            rows.append(Row(number, record=record, place=f"record {number} (line {line})"))
+        except json.JSONDecodeError as error:
+            raise InvalidInput(f"{path}:{error.lineno}: {_json_problem(error)}") from None
+        except RecursionError:
+            end = _end_of_value(text, pos)
+            raw = text[pos : min(end, pos + RAW_LIMIT)]
+            rows.append(Row(number, error=TOO_DEEP, raw=raw, place=f"record {number} (line {line})"))
+        pos = _skip_space(text, end)
+        if text[pos : pos + 1] == ",":
+            pos = _skip_space(text, pos + 1)
+        elif text[pos : pos + 1] != "]":
+            line += text.count("\n", counted, pos)
+            raise InvalidInput(f"{path}:{line}: invalid JSON (expecting ',' or ']' after record {number})")
+    if _skip_space(text, pos + 1) != len(text):
+        raise InvalidInput(f"{path}: invalid JSON (extra data after the array)")
+    return rows
 
 
-def _csv_rows(text: str) -> Iterator[Row]:
-    """Rows of a CSV file with a header; an empty cell is an absent value (CSV cannot tell them apart)."""
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    for number, record in enumerate(reader, start=1):
-        if None in record:  # more cells than header columns
-            yield Row(
-                number,
-                error=f"{len(reader.fieldnames or [])} columns in the header, more in this row",
-                raw=json.dumps(record, ensure_ascii=False, default=str)[:RAW_LIMIT],
-            )
-            continue
-        yield Row(number, record={key: value if value != "" else None for key, value in record.items()})
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
 
 
-def _parquet_rows(path: Path) -> list[Row]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def _end_of_value(text: str, pos: int) -> int:
+    """The end of the array or object starting at `pos`, found by counting brackets outside strings."""
+    depth, in_string, escaped = 0, False, False
+    for end in range(pos, len(text)):
+        char = text[end]
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+            if depth == 0:
+                return end + 1
+    return len(text)
 
+
+def _csv_rows(path: Path, text: str) -> tuple[list[str], list[Row]]:
+    """The header and rows of a CSV file, each row numbered by the file line it starts on.
+
+    A quoted cell may span lines, so a record's line is where the previous one ended, plus one.
+    An empty cell is an absent value (CSV cannot tell them apart).
+    """
+    csv.field_size_limit(CSV_CELL_LIMIT)
+    reader = csv.reader(io.StringIO(text, newline=""))
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as error:
-        raise InvalidInput(f"{path}: not a readable parquet file ({error})") from None
-    return [Row(number, record=record) for number, record in enumerate(table.to_pylist(), start=1)]
+        header = next(reader, [])
+        rows: list[Row] = []
+        start = reader.line_num + 1
+        for cells in reader:
+            number, start = start, reader.line_num + 1
+            if not cells:
+                continue
+            if len(cells) > len(header):
+                raw = json.dumps(cells, ensure_ascii=False)[:RAW_LIMIT]
+                rows.append(
+                    Row(number, error=f"{len(header)} columns in the header, {len(cells)} in this row", raw=raw)
+                )
+                continue
+            rows.append(Row(number, record={key: value or None for key, value in zip(header, cells, strict=False)}))
+    except csv.Error as error:
+        raise InvalidInput(f"{path}:{reader.line_num}: not readable as CSV ({error})") from None
+    return header, rows

@@ -1,9 +1,10 @@
 """Record shapes (Alpaca, ShareGPT, OpenAI messages) normalised to one Sample.
 
 Every sample is stored as a list of messages (optional system, then user/assistant turns
-ending with an assistant turn) plus the Alpaca fields where the record had them. Its id is
-a content hash of the messages, so the same conversation is one sample whatever file or
-shape it came from.
+ending with an assistant turn) plus the Alpaca fields where the record is exactly one Alpaca
+exchange. Its id is a content hash of the messages, so the same conversation is one sample
+whatever file or shape it came from. The LLaMA-Factory flavours are read too: Alpaca with
+`system` and `history` ([instruction, response] pairs), ShareGPT with a top-level `system`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from catalog.choices import RECORD_SHAPES
 
 SHAPES = RECORD_SHAPES
+COLUMN_TARGETS = ("instruction", "input", "output", "system", "history", "conversations", "messages")
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
@@ -35,11 +38,20 @@ class Sample:
     output: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def sample_id(self) -> int:
         """Signed 64-bit id: the first 8 bytes of SHA-256 over the canonical messages JSON."""
         canonical = json.dumps([list(m) for m in self.messages], ensure_ascii=False, separators=(",", ":"))
         return int.from_bytes(hashlib.sha256(canonical.encode("utf-8")).digest()[:8], "big", signed=True)
+
+    @cached_property
+    def extra_json(self) -> str | None:
+        """The extra fields as stored (JSON text), None when there are none."""
+        if not self.extra:
+            return None
+        text = json.dumps(self.extra, ensure_ascii=False, default=str)
+        text.encode("utf-8")  # a lone surrogate cannot be stored: raise here, not in the database
+        return text
 
     @property
     def user_text(self) -> str:
@@ -65,21 +77,52 @@ def detect_shape(record: Any) -> str | None:
         return "sharegpt"
     if "messages" in record:
         return "openai"
-    if "instruction" in record and "output" in record:
+    if "instruction" in record or "output" in record:
         return "alpaca"
     return None
 
 
+def rename_columns(record: Any, columns: dict[str, str]) -> Any:
+    """`record` with each source field of `columns` ({target: source}) renamed to its target."""
+    if not columns or not isinstance(record, dict):
+        return record
+    sources = {source: target for target, source in columns.items()}
+    return {sources.get(key, key): value for key, value in record.items()}
+
+
 def to_sample(record: Any, shape: str) -> Sample:
-    """Normalise one record of `shape`; raises RecordError saying what is wrong."""
+    """Normalise one record of `shape`; raises RecordError saying what is wrong.
+
+    Text that cannot be stored as UTF-8 (a lone surrogate from a JSON escape such as
+    "\\ud800") and nesting too deep to serialise are record errors, not crashes.
+    """
     if not isinstance(record, dict):
         raise RecordError(f"expected an object, got {type(record).__name__}")
+    try:
+        sample = _normalised(record, shape)
+        _ = (sample.sample_id, sample.extra_json)  # both encode what is stored: fail here, not in the database
+    except RecursionError:
+        raise RecordError("nested too deeply to store") from None
+    except UnicodeEncodeError:
+        place, char = _first_unencodable(record)
+        raise RecordError(
+            f"{place} holds a lone surrogate {storable_text(char)} (half of a \\u escape pair), "
+            "which cannot be stored as text; fix or drop the row"
+        ) from None
+    return sample
+
+
+def _normalised(record: dict, shape: str) -> Sample:
     if shape == "alpaca":
         return _from_alpaca(record)
     if shape == "sharegpt":
         turns = _require(record, "conversations", list)
         messages = [_turn(t, "from", "value", _SHAREGPT_ROLES, i) for i, t in enumerate(turns)]
-        return Sample(messages=_checked(messages), extra=_rest(record, {"conversations"}))
+        system = _system(record)
+        if system and messages and messages[0][0] == "system":
+            raise RecordError("a top-level 'system' and a system turn in 'conversations'; keep one")
+        messages = [("system", system)] * bool(system) + messages
+        return Sample(messages=_checked(messages), extra=_rest(record, {"conversations", "system"}))
     if shape == "openai":
         turns = _require(record, "messages", list)
         messages = [_turn(t, "role", "content", _OPENAI_ROLES, i) for i, t in enumerate(turns)]
@@ -88,6 +131,11 @@ def to_sample(record: Any, shape: str) -> Sample:
 
 
 def _from_alpaca(record: dict) -> Sample:
+    """One Alpaca exchange, or (LLaMA-Factory) a conversation: system, history turns, this exchange.
+
+    The Alpaca fields are kept only for a lone exchange: for a conversation they would hold
+    part of the sample, and an export from them would silently drop the rest.
+    """
     instruction = _require(record, "instruction", str)
     output = _require(record, "output", str)
     input = record.get("input")
@@ -99,9 +147,40 @@ def _from_alpaca(record: dict) -> Sample:
         raise RecordError("empty instruction")
     if not output.strip():
         raise RecordError("empty response (field 'output')")
-    messages = (("user", alpaca_user_text(instruction, input)), ("assistant", output))
-    extra = _rest(record, {"instruction", "input", "output"})
-    return Sample(messages=messages, instruction=instruction, input=input, output=output, extra=extra)
+    system, history = _system(record), _history(record)
+    exchange = (("user", alpaca_user_text(instruction, input)), ("assistant", output))
+    extra = _rest(record, {"instruction", "input", "output", "system", "history"})
+    if not system and not history:
+        return Sample(messages=exchange, instruction=instruction, input=input, output=output, extra=extra)
+    messages = [("system", system)] * bool(system) + history + list(exchange)
+    return Sample(messages=_checked(messages), extra=extra)
+
+
+def _system(record: dict) -> str:
+    """The record's top-level system prompt ("" when absent or empty)."""
+    system = record.get("system")
+    if system is None:
+        return ""
+    if not isinstance(system, str):
+        raise RecordError(f"field 'system' must be a string, got {type(system).__name__}")
+    return system if system.strip() else ""
+
+
+def _history(record: dict) -> list[tuple[str, str]]:
+    """LLaMA-Factory `history`: [instruction, response] pairs before the current exchange."""
+    history = record.get("history")
+    if history is None:
+        return []
+    if not isinstance(history, list):
+        raise RecordError(
+            f"field 'history' must be a list of [instruction, response] pairs, got {type(history).__name__}"
+        )
+    messages = []
+    for i, pair in enumerate(history):
+        if not (isinstance(pair, list | tuple) and len(pair) == 2 and all(isinstance(text, str) for text in pair)):
+            raise RecordError(f"history[{i}] must be an [instruction, response] pair of strings")
+        messages += [("user", pair[0]), ("assistant", pair[1])]
+    return messages
 
 
 def _require(record: dict, key: str, kind: type) -> Any:
@@ -144,6 +223,41 @@ def _checked(messages: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
     if not turns[-1][1].strip():
         raise RecordError("empty response (last assistant turn)")
     return tuple(messages)
+
+
+def _first_unencodable(record: Any) -> tuple[str, str]:
+    """Where in `record` (a field path) the first character UTF-8 cannot hold is, and that character.
+
+    Iterative, so it also works on records nested deeper than the recursion limit.
+    """
+    stack: list[tuple[str, Any]] = [("the row", record)]
+    while stack:
+        place, value = stack.pop()
+        if isinstance(value, str) and _unencodable(value):
+            return place, _unencodable(value)
+        if isinstance(value, dict):
+            for key, item in reversed(list(value.items())):
+                name = f"field {key!r}" if place == "the row" else f"{place}[{key!r}]"
+                if isinstance(key, str) and _unencodable(key):
+                    return f"the name of {name}", _unencodable(key)
+                stack.append((name, item))
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{place}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return "the row", ""
+
+
+def _unencodable(text: str) -> str:
+    """The first character of `text` that UTF-8 cannot hold, or ""."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return text[error.start]
+    return ""
+
+
+def storable_text(text: str) -> str:
+    """`text` with anything UTF-8 cannot hold (lone surrogates) written as a backslash escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _rest(record: dict, used: set[str]) -> dict[str, Any]:
