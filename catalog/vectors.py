@@ -163,9 +163,8 @@ def lance_errors(folder: Path) -> Iterator[None]:
         if "LanceError" not in text and "os error" not in text and "Not found" not in text:
             raise
         reason = _OS_ERROR.search(text)
-        raise StorageError(
-            f"vector table {folder}: {reason.group(0) if reason else text.splitlines()[0][:200]}; {_advice(text)}"
-        ) from None
+        short = reason.group(0) if reason else text.splitlines()[0].split(", /")[0][:200]
+        raise StorageError(f"vector table {folder}: {short}; {_advice(text)}") from None
 
 
 _OS_ERROR = re.compile(r"[A-Z][^:()]*\(os error \d+\)")
