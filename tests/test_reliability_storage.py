@@ -143,3 +143,19 @@ def test_a_reader_refused_by_a_writer_names_the_writer(tmp_path, cli_run, catalo
     result = cli_run("status")
     assert result.exit_code == 3 and f"process {writer.pid} (" in result.output and "is writing to it" in result.output
     writer.wait()
+
+
+def test_permission_denied_is_one_line(tmp_path, cli_run):
+    """Tests run as root, which chmod does not stop; /sys refuses even root (EPERM, or EROFS in containers)."""
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    records = str(write_jsonl(tmp_path / "a.jsonl", fixture_records()[:10]))
+    denied = CliRunner().invoke(cli, ["--catalog", "/sys/miwv-catalog", "ingest", records])
+    assert denied.exit_code == 4 and "cannot create the catalog folder /sys/miwv-catalog" in denied.output
+    assert len(denied.output.strip().splitlines()) == 1
+    assert cli_run("ingest", records).exit_code == 0
+    export = cli_run("select", "--strategy", "random", "--top-k", "3", "--out", "/sys/top.jsonl")
+    assert export.exit_code == 4 and "/sys" in export.output and len(export.output.strip().splitlines()) == 1
+    assert json.loads(cli_run("sql", "SELECT count(*) AS n FROM selection", "--json").output)["n"] == 0
