@@ -5,6 +5,7 @@ Each command parses its arguments and calls the library (catalog/, scoring/).
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
@@ -23,10 +24,15 @@ from catalog.choices import (
     STRATEGIES,
     TEMPLATES,
 )
+from catalog.errors import StorageError
+
+# Commands that only read the catalog: they never change its file (an old schema is refused, not upgraded).
+READ_COMMANDS = ("status", "sql", "selections", "report")
 
 
 class Cli(click.Group):
-    """Turns user errors into one line on stderr and an exit code, and Ctrl-C into a resumable stop."""
+    """Turns user errors and operating-system errors into one line on stderr and an exit code,
+    and Ctrl-C into a resumable stop."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -34,6 +40,9 @@ class Cli(click.Group):
         except UserError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(error.exit_code)
+        except OSError as error:
+            click.echo(f"Error: {os_error_line(error)}", err=True)
+            ctx.exit(StorageError.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted. Work committed so far is kept; run the command again to continue.", err=True)
             ctx.exit(130)
@@ -52,7 +61,20 @@ class Cli(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, catalog_path: str) -> None:
     """SQL-backed, incremental MIWV data selection."""
-    ctx.obj = Catalog(catalog_path)
+    ctx.obj = Catalog(catalog_path, auto_upgrade=ctx.invoked_subcommand not in READ_COMMANDS)
+
+
+def os_error_line(error: OSError) -> str:
+    """One line for an operating-system error: what failed, on which path, and what to do."""
+    where = " -> ".join(str(name) for name in (error.filename, error.filename2) if name is not None)
+    problem = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        advice = "free disk space and run the command again"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = "make it writable (or readable), or choose another path"
+    else:
+        advice = "check the path and run the command again"
+    return f"{problem}" + (f": {where}" if where else "") + f"; {advice}"
 
 
 def column_map(ctx: click.Context, param: click.Parameter, value: str | None) -> dict[str, str] | None:
@@ -124,20 +146,28 @@ def status(catalog: Catalog, as_json: bool) -> None:
     from terminal.render import print_json, print_status
 
     result = catalog_status(catalog)
-    print_json(result) if as_json else print_status(result)
+    if as_json:
+        print_json(result)
+        return
+    print_status(result)
+    for line in result["advice"]:
+        click.echo(line)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})  # a query may start with an SQL comment: "-- ..."
 @click.argument("query")
 @click.option("--csv", "output", flag_value="csv", help="Print CSV.")
 @click.option("--json", "output", flag_value="json", help="Print one JSON object per row.")
+@click.option("--timeout", type=float, help="Stop the query after this many seconds.")
 @click.pass_obj
-def sql(catalog: Catalog, query: str, output: str | None) -> None:
-    """Run one read-only QUERY against the catalog (views: samples, rejects, neighbours, miwv_scores)."""
+def sql(catalog: Catalog, query: str, output: str | None, timeout: float | None) -> None:
+    """Run one read-only QUERY against the catalog (views: samples, rejects, neighbours, miwv_scores).
+
+    The query reads only the catalog: no other file can be read or written."""
     from catalog.query import run_query
     from terminal.render import print_arrow
 
-    print_arrow(run_query(catalog, query), output or "table")
+    print_arrow(run_query(catalog, query, timeout), output or "table")
 
 
 def neighbour_search_options(command):
@@ -417,13 +447,8 @@ def report(catalog: Catalog, model: str, embedder: str | None, scorer_id: int | 
 @cli.command()
 @click.pass_obj
 def upgrade(catalog: Catalog) -> None:
-    """Apply pending schema migrations (every command also does this when it opens the catalog)."""
-    from catalog.migrate import head_revision
-
-    catalog.require()
-    with catalog.write():
-        pass
-    click.echo(f"catalog {catalog.path} is at schema revision {head_revision()}")
+    """Apply pending schema migrations (every command that writes also does this when it opens the catalog)."""
+    click.echo(f"catalog {catalog.path} is at schema revision {catalog.upgrade()}")
 
 
 def main() -> None:

@@ -1,20 +1,26 @@
 """DuckDB connections through SQLAlchemy: short-lived, retried while another process
-holds the file lock, with Arrow in and out through the native driver connection."""
+holds the file lock, with Arrow in and out through the native driver connection.
+
+Read-only connections are sandboxed: DuckDB may touch no file but the catalog (no COPY TO,
+ATTACH, EXPORT, INSTALL or read_csv('/etc/...'), whatever the statement hides them in), and
+their settings are locked, so no query can switch that off.
+"""
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import sqlalchemy as sa
 
-from catalog.errors import CatalogBusy
+from catalog.errors import CatalogBusy, StorageError
 
 
 def utcnow() -> datetime:
@@ -23,45 +29,144 @@ def utcnow() -> datetime:
 
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
+SANDBOX = {"enable_external_access": False, "lock_configuration": True}
+WAIT_REPORT_SECONDS = 30.0
 
 
 def _engine(db_path: Path, read_only: bool) -> sa.Engine:
+    connect_args: dict[str, Any] = {"read_only": read_only}
+    if read_only:
+        connect_args["config"] = dict(SANDBOX)
     return sa.create_engine(
         f"duckdb:///{db_path}",
         poolclass=sa.pool.NullPool,  # close on release, so the file lock goes with it
-        connect_args={"read_only": read_only},
+        connect_args=connect_args,
     )
 
 
 @contextmanager
-def connect(db_path: Path, *, read_only: bool, busy_timeout: float) -> Iterator[sa.Connection]:
+def connect(
+    db_path: Path,
+    *,
+    read_only: bool,
+    busy_timeout: float | None,
+    on_wait: Callable[[CatalogBusy], None] | None = None,
+) -> Iterator[sa.Connection]:
     """Open `db_path` and run the body in one transaction (committed on success).
 
-    Retries for `busy_timeout` seconds while another process holds the file, then raises
-    CatalogBusy naming the holder.
+    Retries while another process holds the file: for `busy_timeout` seconds, then raises
+    CatalogBusy naming the holder and whether it reads or writes; with `busy_timeout=None`,
+    until it gets in, calling `on_wait(busy)` every WAIT_REPORT_SECONDS. A disk, permission or
+    corruption error of DuckDB becomes a StorageError naming the file.
     """
-    deadline = time.monotonic() + busy_timeout
     engine = _engine(db_path, read_only)
+    try:
+        conn = _open(engine, db_path, read_only, busy_timeout, on_wait)
+        try:
+            with storage_errors(db_path), conn.begin():
+                yield conn
+        finally:
+            conn.close()
+    finally:
+        engine.dispose()
+
+
+def _open(
+    engine: sa.Engine,
+    db_path: Path,
+    read_only: bool,
+    busy_timeout: float | None,
+    on_wait: Callable[[CatalogBusy], None] | None,
+) -> sa.Connection:
+    started = time.monotonic()
+    reported = started
     while True:
         try:
-            conn = engine.connect()
-            break
-        except sa.exc.DBAPIError as error:
-            holder = _LOCK_HOLDER.search(str(error))
-            if holder is None:
-                raise
-            if time.monotonic() >= deadline:
-                raise CatalogBusy(
-                    f"catalog {db_path.parent} is busy: process {holder.group(2)} "
-                    f"({Path(holder.group(1)).name}) is writing to it; try again when it finishes"
-                ) from None
-            time.sleep(0.2)
+            with storage_errors(db_path):
+                return engine.connect()
+        except _Locked as locked:
+            holder = locked.pid
+        now = time.monotonic()
+        if busy_timeout is not None and now - started >= busy_timeout:
+            raise _busy(db_path, read_only, holder)
+        if on_wait is not None and now - reported >= WAIT_REPORT_SECONDS:
+            on_wait(_busy(db_path, read_only, holder))
+            reported = now
+        time.sleep(0.2)
+
+
+class _Locked(Exception):
+    """Another process holds the file's lock (internal: becomes CatalogBusy or a retry)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid)
+        self.pid = pid
+
+
+def _busy(db_path: Path, read_only: bool, pid: int) -> CatalogBusy:
+    """Who holds the lock: readers share it, so a reader is refused only by a writer."""
+    role = "writer" if read_only or not _readers_only(db_path) else "reader"
+    command = process_command(pid)
+    who = f"process {pid}" + (f" ({command})" if command else "")
+    doing = "is reading it" if role == "reader" else "is writing to it"
+    return CatalogBusy(
+        f"catalog {db_path.parent} is busy: {who} {doing}; try again when it finishes",
+        pid=pid,
+        role=role,
+        command=command,
+    )
+
+
+def _readers_only(db_path: Path) -> bool:
+    """True when the file can be opened read-only right now (its holders only read)."""
     try:
-        with conn.begin():
-            yield conn
-    finally:
-        conn.close()
-        engine.dispose()
+        duckdb.connect(str(db_path), read_only=True).close()
+    except duckdb.Error:
+        return False
+    return True
+
+
+def process_command(pid: int, limit: int = 120) -> str | None:
+    """The command line of process `pid` (Linux /proc), shortened to `limit` characters."""
+    try:
+        raw_args = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    args = [Path(arg).name if i == 0 else arg for i, arg in enumerate(raw_args.decode(errors="replace").split("\0"))]
+    text = " ".join(arg for arg in args if arg)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_OS_TROUBLE = ("Could not write", "Could not read", "No space left", "File too large", "Permission denied")
+
+
+@contextmanager
+def storage_errors(db_path: Path) -> Iterator[None]:
+    """Turn DuckDB's lock conflicts into _Locked, and its disk, permission and corruption
+    errors about `db_path` into one StorageError line that says what to do."""
+    try:
+        yield
+    except (sa.exc.DBAPIError, duckdb.Error) as error:
+        native = error.orig if isinstance(error, sa.exc.DBAPIError) else error
+        text = str(native)
+        holder = _LOCK_HOLDER.search(text)
+        if holder is not None:
+            raise _Locked(int(holder.group(2))) from None
+        if isinstance(native, duckdb.IOException) or any(trouble in text for trouble in _OS_TROUBLE):
+            raise StorageError(f"catalog file {db_path}: {_first_line(text)}; {_advice(text)}") from None
+        raise
+
+
+def _advice(text: str) -> str:
+    if "too large" in text or "No space" in text:
+        return "free disk space and run the command again (nothing of this step was kept)"
+    if "Permission" in text or "read-only" in text.lower():
+        return "make the catalog folder writable, or use another --catalog"
+    return "it is damaged or not a DuckDB file: restore it from a backup or use another --catalog"
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
 
 
 def raw(conn: sa.Connection) -> Any:

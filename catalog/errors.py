@@ -1,6 +1,8 @@
 """Errors a user can cause and fix. The CLI prints them as one line and exits non-zero;
 anything else is a bug and keeps its traceback."""
 
+from __future__ import annotations
+
 
 class UserError(Exception):
     """Something the user can fix: a bad file, an unknown model, a missing catalog."""
@@ -15,6 +17,24 @@ class InvalidInput(UserError):
 
 
 class CatalogBusy(UserError):
-    """Another process holds the catalog for writing."""
+    """Another process holds the catalog: its DuckDB file (as a reader or a writer) or its job lock.
+
+    Attributes:
+        pid: the holder's process id, when known.
+        role: "reader" or "writer" (of catalog.duckdb), or "job" (a long job holds job.lock).
+        command: the holder's command line (or job name), when known.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, pid: int | None = None, role: str | None = None, command: str | None = None):
+        super().__init__(message)
+        self.pid = pid
+        self.role = role
+        self.command = command
+
+
+class StorageError(UserError):
+    """The operating system or a storage engine refused: disk full, permission denied, a damaged file."""
+
+    exit_code = 4

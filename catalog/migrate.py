@@ -44,6 +44,16 @@ def current_revision(conn: sa.Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
+def objects(conn: sa.Connection) -> list[str]:
+    """Names of the tables and views in `conn`'s database (empty for a new file)."""
+    rows = conn.exec_driver_sql(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "UNION ALL SELECT view_name FROM duckdb_views() WHERE NOT internal AND database_name = current_database() "
+        "ORDER BY 1"
+    )
+    return [row[0] for row in rows]
+
+
 def check_known(revision: str | None, where: Path) -> None:
     """Refuse a catalog written by a newer version of this tool."""
     if revision is not None and revision not in _known_revisions():

@@ -1,32 +1,47 @@
-"""Read-only SQL over the catalog's public views, for the `sql` command."""
+"""Read-only SQL over the catalog's public views, for the `sql` command (and `select --where`).
+
+What makes it read-only is the connection: Catalog.read() opens DuckDB read-only and
+sandboxed (no file but the catalog can be read or written, settings locked). The statement
+type check only turns the common mistakes (INSERT, COPY, ...) into a friendly message.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import duckdb
 import pyarrow as pa
 
 from catalog import db
 from catalog.errors import UserError
 from catalog.store import Catalog
 
-READ_ONLY = ("SELECT", "EXPLAIN")
+# MULTI is what DuckDB calls a PIVOT (it plans it as several steps); nothing it runs can write here.
+READ_ONLY = ("SELECT", "EXPLAIN", "MULTI")
 
 
-def run_query(catalog: Catalog, sql: str) -> pa.Table:
-    """Run one read-only statement (SELECT, WITH ... SELECT, EXPLAIN, DESCRIBE, SHOW, SUMMARIZE).
+def run_query(catalog: Catalog, sql: str, timeout: float | None = None) -> pa.Table:
+    """Run one read-only statement (SELECT, WITH ... SELECT, EXPLAIN, DESCRIBE, SHOW, SUMMARIZE, PIVOT).
 
-    The catalog is opened read-only, and statements of any other kind (INSERT, COPY,
-    ATTACH, ...) are refused before they run.
+    Statements of any other kind (INSERT, COPY, ATTACH, ...) are refused before they run.
+    The query is stopped after `timeout` seconds (UserError), and by Ctrl-C (KeyboardInterrupt).
     """
+    if timeout is not None and not timeout > 0:
+        raise UserError(f"--timeout must be a positive number of seconds; got {timeout}")
     with catalog.read() as conn:
-        return run_read_only(conn, sql)
+        return run_read_only(conn, sql, timeout=timeout)
 
 
-def run_read_only(conn, sql: str, allowed: tuple[str, ...] = READ_ONLY) -> pa.Table:
+def run_read_only(conn, sql: str, allowed: tuple[str, ...] = READ_ONLY, timeout: float | None = None) -> pa.Table:
     """Run `sql` on `conn` if it is exactly one statement of an `allowed` kind; UserError otherwise."""
     native = db.raw(conn)
     try:
         statements = native.extract_statements(sql)
-    except Exception as error:  # duckdb raises ParserException subclasses of its own Error
+    except duckdb.Error as error:
         raise UserError(f"cannot parse the query: {first_line(error)}") from None
     if len(statements) != 1:
         raise UserError(f"expected exactly one SQL statement; got {len(statements)}")
@@ -36,10 +51,58 @@ def run_read_only(conn, sql: str, allowed: tuple[str, ...] = READ_ONLY) -> pa.Ta
             f"read-only: {kind} statements are refused. The catalog changes only through "
             "ingest, embed, neighbours, score and select"
         )
+    with _interruptible(native, timeout) as timed_out:
+        try:
+            return native.sql(sql).to_arrow_table()
+        except duckdb.InterruptException:
+            if timed_out.is_set():
+                raise UserError(f"query stopped after {timeout:g} s (--timeout)") from None
+            raise KeyboardInterrupt from None
+        except duckdb.PermissionException as error:
+            raise UserError(f"query refused: {first_line(error)} (`sql` reads only the catalog)") from None
+        except duckdb.Error as error:
+            raise UserError(f"query failed: {first_line(error)}") from None
+
+
+@contextmanager
+def _interruptible(native, timeout: float | None) -> Iterator[threading.Event]:
+    """Let a timer (after `timeout` s; the yielded event says it fired) and Ctrl-C interrupt the
+    query running on `native`.
+
+    DuckDB runs the query without returning to Python, so a Python signal handler would wait for
+    it; a signal still writes to the wakeup fd at once, and a watcher thread interrupts DuckDB.
+    """
+    timed_out = threading.Event()
+
+    def stop() -> None:
+        timed_out.set()
+        native.interrupt()
+
+    timer = threading.Timer(timeout, stop) if timeout is not None else None
+    watch = threading.current_thread() is threading.main_thread()
+    if watch:
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        previous = signal.set_wakeup_fd(write_end)
+        watcher = threading.Thread(target=_interrupt_on_signal, args=(read_end, native), daemon=True)
+        watcher.start()
+    if timer is not None:
+        timer.start()
     try:
-        return native.sql(sql).to_arrow_table()
-    except Exception as error:
-        raise UserError(f"query failed: {first_line(error)}") from None
+        yield timed_out
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if watch:
+            signal.set_wakeup_fd(previous)
+            os.close(write_end)  # the watcher reads end-of-file and returns
+            watcher.join()
+            os.close(read_end)
+
+
+def _interrupt_on_signal(read_end: int, native) -> None:
+    while os.read(read_end, 1):
+        native.interrupt()
 
 
 def first_line(error: Exception) -> str:

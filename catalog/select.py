@@ -3,6 +3,7 @@ over the public views, recorded so the subset can be reproduced and diffed."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from catalog import db
 from catalog.choices import STRATEGIES
 from catalog.datasets import require_dataset
 from catalog.errors import UserError
-from catalog.export import Exported, export_samples
+from catalog.export import Exported, Stage, check_target, staged, write_samples
 from catalog.query import run_read_only
 from catalog.store import Catalog
 
@@ -50,8 +51,7 @@ def selection_sql(request: Request) -> str:
     """The query that makes the selection: copy it, adapt it, run it with `cli.py sql`."""
     if request.strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {request.strategy!r}; use one of {', '.join(STRATEGIES)}")
-    if (request.top_k is None) == (request.top_percent is None):
-        raise UserError("give exactly one of --top-k and --top-percent")
+    _check_numbers(request)
     if request.strategy == "random":
         ranked = "SELECT sample_id, NULL::DOUBLE AS score FROM pool"
         order = f"md5(sample_id::VARCHAR || ':{int(request.seed)}')"
@@ -73,6 +73,23 @@ def selection_sql(request: Request) -> str:
     )
 
 
+INT32 = (-(2**31), 2**31 - 1)  # selection.top_k and selection.seed are INTEGER columns
+
+
+def _check_numbers(request: Request) -> None:
+    """Refuse counts, percentages and seeds the selection tables cannot hold, before any work."""
+    if (request.top_k is None) == (request.top_percent is None):
+        raise UserError("give exactly one of --top-k and --top-percent")
+    if request.top_k is not None and not (isinstance(request.top_k, int) and 1 <= request.top_k <= INT32[1]):
+        raise UserError(f"--top-k must be a whole number from 1 to {INT32[1]}; got {request.top_k}")
+    if request.top_percent is not None and not (
+        isinstance(request.top_percent, int | float) and 0 < request.top_percent <= 100
+    ):
+        raise UserError(f"--top-percent must be a number above 0 and at most 100; got {request.top_percent}")
+    if not (isinstance(request.seed, int) and INT32[0] <= request.seed <= INT32[1]):
+        raise UserError(f"--seed must be a whole number from {INT32[0]} to {INT32[1]}; got {request.seed}")
+
+
 def select(
     catalog: Catalog,
     request: Request,
@@ -81,11 +98,14 @@ def select(
     shape: str | None = None,
     with_scores: bool = False,
 ) -> tuple[Selection, Exported | None]:
-    """Run the selection query read-only (--where is user SQL), write the samples to `out` (if
-    given; see catalog.export), then record the selection and its ranked members in one
-    transaction. A failure at any step records nothing and leaves `out` as it was.
+    """Run the selection query read-only (--where is user SQL), write the samples to a staging
+    path beside `out` (if given; see catalog.export), then record the selection and its ranked
+    members in one transaction, moving the file into place just before it commits. A failure at
+    any step records nothing and leaves `out` as it was; an `out` this tool may not overwrite is
+    refused before anything runs.
     """
     sql = selection_sql(request)
+    target = check_target(catalog, out, file_format) if out is not None else None
     with catalog.read() as conn:
         require_dataset(conn, request.dataset)
         try:
@@ -100,18 +120,27 @@ def select(
     pool_size = sum(reasons.values())
     eligible = reasons.pop("eligible", 0)
     chosen_ids = chosen["sample_id"].to_pylist()
-    exported = None
-    if out is not None:
-        exported = export_samples(
-            catalog,
-            chosen_ids,
-            out,
-            file_format,
-            shape,
-            with_scores,
-            request.scorer_id,
-            request.embedder_id,
-        )
+    with staged(target.path) if target else nullcontext() as stage:
+        exported = None
+        if target is not None:
+            exported = write_samples(
+                catalog, chosen_ids, target, stage.path, shape, with_scores, request.scorer_id, request.embedder_id
+            )
+        selection_id = _record(catalog, request, sql, chosen, pool_size, eligible, exported, stage)
+    return Selection(selection_id, sql, pool_size, eligible, reasons, chosen_ids, chosen["score"].to_pylist()), exported
+
+
+def _record(
+    catalog: Catalog,
+    request: Request,
+    sql: str,
+    chosen: pa.Table,
+    pool_size: int,
+    eligible: int,
+    exported: Exported | None,
+    stage: Stage | None,
+) -> int:
+    """Record the selection and its members; the export is published inside the transaction."""
     with catalog.write() as conn:
         selection_id = db.next_id(conn, "selection", "selection_id")
         db.execute(
@@ -152,7 +181,9 @@ def select(
                 }
             ),
         )
-    return Selection(selection_id, sql, pool_size, eligible, reasons, chosen_ids, chosen["score"].to_pylist()), exported
+        if stage is not None:
+            stage.publish()
+    return selection_id
 
 
 def list_selections(catalog: Catalog) -> list[dict]:

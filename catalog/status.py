@@ -11,9 +11,10 @@ from catalog.store import Catalog
 
 def catalog_status(catalog: Catalog) -> dict[str, Any]:
     """A JSON-able summary of the catalog."""
-    embedded = {e.embedder_id: len(e.vectors(catalog).ids()) for e in embedders(catalog)}
+    tables = {e.embedder_id: e.vectors(catalog) for e in embedders(catalog)}
+    embedded = {embedder_id: len(table.ids()) for embedder_id, table in tables.items()}
     with catalog.read() as conn:
-        return {
+        status = {
             "catalog": str(catalog.path.resolve()),
             "samples": db.execute(conn, "SELECT count(*) FROM sample")[0][0],
             "datasets": db.records(
@@ -35,7 +36,8 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
                 {
                     **row,
                     "embedded": embedded[row["embedder_id"]],
-                    "not_linked": embedded[row["embedder_id"]] - row["linked"] - row["without_neighbour"],
+                    "not_linked": max(0, embedded[row["embedder_id"]] - row["linked"] - row["without_neighbour"]),
+                    "vectors_missing": max(0, row["linked"] + row["without_neighbour"] - embedded[row["embedder_id"]]),
                 }
                 for row in db.records(
                     conn,
@@ -52,6 +54,13 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
             ],
             "scores": db.records(conn, _SCORES),
         }
+    status["advice"] = [
+        f"embedder {row['name']}: {row['vectors_missing']} linked samples have no vector in "
+        f"{tables[row['embedder_id']].folder}: run `python cli.py embed` to compute them again"
+        for row in status["embedders"]
+        if row["vectors_missing"]
+    ]
+    return status
 
 
 # Per scorer and embedder it ran with, over linked samples: MIWV defined (scored), never will be
