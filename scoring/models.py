@@ -13,9 +13,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalog.choices import TEMPLATES
 from catalog.errors import UserError
 from scoring.local_files import fingerprint, package_dir
+from scoring.templates import Template, template_for
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -145,15 +145,12 @@ def load_tokenizer(spec: ModelSpec):
     return AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
 
 
-def choose_template(tokenizer, requested: str | None) -> str:
-    """The tokenizer's chat template when it has one, else Alpaca; `requested` overrides."""
+def choose_template(tokenizer, requested: str | None) -> Template:
+    """The tokenizer's chat template when it has one, else Stanford Alpaca; `requested` (a name
+    or a .jinja file) overrides."""
     if requested is None:
-        return "chat" if tokenizer.chat_template else "alpaca"
-    if requested not in TEMPLATES:
-        raise UserError(f"unknown --template {requested!r}; use one of {', '.join(TEMPLATES)}")
-    if requested == "chat" and not tokenizer.chat_template:
-        raise UserError("--template chat: this model's tokenizer has no chat template; use --template alpaca")
-    return requested
+        requested = "chat" if tokenizer.chat_template else "alpaca"
+    return template_for(tokenizer, requested)
 
 
 def default_max_length(spec: ModelSpec) -> int:
