@@ -192,7 +192,12 @@ def _echo_links(result) -> None:
 
 
 @cli.command()
-@click.option("--model", required=True, help="Alias (see `models`), a local HF model folder, or a .gguf file.")
+@click.option(
+    "--model",
+    required=True,
+    help="Alias (see `models`), a Hugging Face id (Org/Name; downloaded unless HF_HUB_OFFLINE=1), "
+    "a local HF model folder, or a .gguf file.",
+)
 @click.option("--embedder", help="Whose neighbours are the one-shot examples (default: minilm, or the only one).")
 @click.option(
     "--template",
