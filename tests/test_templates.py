@@ -219,3 +219,25 @@ def test_unknown_templates_are_one_clear_error(smollm2, name, message):
     _, tokenizer, _ = smollm2
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         template_for(tokenizer, name)
+
+
+@pytest.mark.parametrize("template", ["alpaca", "alpaca-lf", str(VICUNA)])
+def test_too_long_truncates_only_the_example_in_every_template(smollm2, template):
+    _, tokenizer, _ = smollm2
+    sample = to_sample(WITH_INPUT, "alpaca")
+    long = {"instruction": "Count.", "input": "", "output": " ".join(str(i) for i in range(300))}
+    example = to_sample(long, "alpaca")
+    full = SequenceBuilder(tokenizer, template, 4096)
+    zero = full.zero_shot(sample.messages, fields(WITH_INPUT))
+    whole = full.one_shot(sample.messages, example.messages, fields(WITH_INPUT), fields(long))
+    limit = len(whole.ids) - 100
+    one = SequenceBuilder(tokenizer, template, limit).one_shot(
+        sample.messages, example.messages, fields(WITH_INPUT), fields(long)
+    )
+    assert one.example_truncated and len(whole.ids) - 110 < len(one.ids) <= limit
+    assert one.ids[-one.n_response :] == zero.ids[-zero.n_response :]  # the target's response is whole
+    assert "0 1 2 3" in tokenizer.decode(one.ids) and "299" not in tokenizer.decode(one.ids)
+    tight = SequenceBuilder(tokenizer, template, len(zero.ids) + 5)
+    assert tight.one_shot(sample.messages, example.messages, fields(WITH_INPUT), fields(long)).status == (
+        "too_long_one_shot"
+    )
