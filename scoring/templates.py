@@ -41,7 +41,6 @@ STANFORD_PROMPT_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:"
 )
-STANFORD_HEADER = STANFORD_PROMPT_NO_INPUT.split("\n\n", 1)[0]
 BLOCK_SEPARATOR = "\n\n"  # between an earlier (or the example's) full block and the next prompt
 
 LF_DEFAULT_SYSTEM = (
