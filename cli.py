@@ -248,12 +248,19 @@ def _echo_links(result) -> None:
 
 
 @cli.command()
-@click.option("--model", required=True, help="Alias (see `models`), a local HF model folder, or a .gguf file.")
+@click.option(
+    "--model",
+    required=True,
+    help="Alias (see `models`), a Hugging Face id (Org/Name; downloaded unless HF_HUB_OFFLINE=1), "
+    "a local HF model folder, or a .gguf file.",
+)
 @click.option("--embedder", help="Whose neighbours are the one-shot examples (default: minilm, or the only one).")
 @click.option(
     "--template",
-    type=click.Choice(TEMPLATES),
-    help="Prompt format (default: chat when the tokenizer has a chat template, else alpaca).",
+    metavar="|".join(TEMPLATES) + "|FILE.jinja",
+    help="Prompt format, as the trainer you will fine-tune with renders it: chat (the tokenizer's), alpaca "
+    "(Stanford Alpaca), alpaca-lf (LLaMA-Factory's alpaca), or a Jinja chat template file (default: chat when "
+    "the tokenizer has a chat template, else alpaca).",
 )
 @click.option(
     "--max-length", type=click.IntRange(min=8), help="Longest sequence (default: the model's context, <= 4096)."
@@ -440,7 +447,7 @@ def report(catalog: Catalog, model: str, embedder: str | None, scorer_id: int | 
 
     scorer, links = _scores_for(catalog, model, scorer_id, embedder, required=True)
     result = write_report(catalog, scorer, links, model, out)
-    print_rows(result.summary, title=f"MIWV of {model} per dataset")
+    print_rows(result.summary, title=f"MIWV of {model} per dataset ({result.scorer})")
     click.echo("wrote " + ", ".join(str(path) for path in result.files))
 
 

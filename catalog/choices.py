@@ -13,7 +13,9 @@ POOLINGS = ("mean", "cls", "max")  # token pooling of an embedder; mean as in th
 NEIGHBOUR_METHODS = ("auto", "exact", "ann")
 EXACT_LIMIT = 1_000_000  # samples; above it, "auto" uses the LanceDB ANN index (exact is faster below, on CPU)
 
-TEMPLATES = ("chat", "alpaca")  # prompt formats a scorer renders samples with
+# prompt formats a scorer renders samples with (or a .jinja chat template file): the model's chat
+# template, Stanford Alpaca's PROMPT_DICT, LLaMA-Factory's `alpaca` template
+TEMPLATES = ("chat", "alpaca", "alpaca-lf")
 DTYPES = ("float32", "bfloat16", "float16")  # weights dtypes; losses are float32 either way
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:1, ..."
 

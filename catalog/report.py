@@ -21,6 +21,7 @@ ALL = "(all)"
 class Report:
     summary: list[dict]  # one row per dataset, then ALL
     files: list[Path]
+    scorer: str  # which scorer and template the losses come from
 
 
 _SUMMARY = """
@@ -53,6 +54,9 @@ def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str,
     params = {"scorer": scorer_id, "embedder": embedder_id}
     with catalog.read() as conn:
         summary = db.records(conn, _SUMMARY, {**params, "all": ALL})
+        template, revision = db.execute(
+            conn, "SELECT template, template_revision FROM scorer WHERE scorer_id = $scorer", {"scorer": scorer_id}
+        )[0]
         points = db.records(
             conn,
             """
@@ -63,16 +67,19 @@ def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str,
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = [_markdown(summary, model, out / "summary.md")]
+    scorer = f"scorer {scorer_id}: template {template} (revision {revision})"
+    files = [_markdown(summary, model, scorer, out / "summary.md")]
     if points:
         files += [_histogram(points, model, out / "miwv_histogram.png"), _losses(points, model, out / "losses.png")]
-    return Report(summary, files)
+    return Report(summary, files, scorer)
 
 
-def _markdown(summary: list[dict], model: str, path: Path) -> Path:
+def _markdown(summary: list[dict], model: str, scorer: str, path: Path) -> Path:
     columns = list(summary[0]) if summary else ["dataset", "scored"]
     lines = [
         f"# MIWV of {model}",
+        "",
+        scorer,
         "",
         "MIWV = L_one - L_zero; high MIWV: a relevant example made the model worse.",
         "p05..p95: MIWV quantiles; positive: share with MIWV > 0; sim_*: neighbour-similarity quartiles;",

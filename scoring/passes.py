@@ -81,7 +81,7 @@ class PassRunner:
         """Build every sequence; attach each one-shot to its example's zero-shot pass where its ids start with it."""
         plan = _Plan()
         for target in targets:
-            zero = self.builder.zero_shot(target.messages)
+            zero = self.builder.zero_shot(target.messages, target.fields)
             if target.need_zero:
                 if isinstance(zero, Sequence):
                     plan.prefixes[target.sample_id] = _Pass("zero", target.sample_id, None, zero)
@@ -92,7 +92,9 @@ class PassRunner:
             one = (
                 zero
                 if isinstance(zero, Unscorable)
-                else self.builder.one_shot(target.messages, target.neighbour_messages)
+                else self.builder.one_shot(
+                    target.messages, target.neighbour_messages, target.fields, target.neighbour_fields
+                )
             )
             if isinstance(one, Unscorable):  # too_long (the sample alone) or too_long_one_shot
                 plan.unscorable.append(PassResult("one", target.sample_id, target.neighbour_id, one.status))
@@ -109,7 +111,7 @@ class PassRunner:
         return plan
 
     def _example_pass(self, target: PendingSample) -> _Pass | None:
-        zero = self.builder.zero_shot(target.neighbour_messages)
+        zero = self.builder.zero_shot(target.neighbour_messages, target.neighbour_fields)
         return _Pass("zero", target.neighbour_id, None, zero) if isinstance(zero, Sequence) else None
 
     def _run_prefixes(self, prefixes: list[_Pass], continuations: dict, emit: Emit) -> None:

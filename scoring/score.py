@@ -71,7 +71,7 @@ def score_catalog(
         catalog: the catalog (samples embedded and linked).
         model: an alias (see scoring.models.ALIASES), a local HF folder or a .gguf file.
         embedder: whose neighbours are the one-shot examples (default: minilm, or the only one).
-        template: "chat" or "alpaca" (default: chat when the tokenizer has a template).
+        template: "chat", "alpaca", "alpaca-lf" or a .jinja file (default: chat when the tokenizer has one).
         max_length: longest sequence (default: the model's context, at most 4096).
         device, dtype: default CUDA + bfloat16 when present, else CPU + float32.
         dataset, limit: the pool: all samples, or one dataset; its first `limit` by sample_id.
@@ -88,7 +88,9 @@ def score_catalog(
     dtype_name = str(torch_dtype).removeprefix("torch.")
     links = find_embedder(catalog, embedder)
     with catalog.job("score"):
-        scorer = register_scorer(catalog, spec.name, spec.source, spec.fingerprint, template, max_length, dtype_name)
+        scorer = register_scorer(
+            catalog, spec.name, spec.source, spec.fingerprint, template.key, max_length, dtype_name
+        )
         pool = pending_samples(catalog, scorer.scorer_id, links.embedder_id, dataset, limit)
         recorder = None
         if pool.pending:
@@ -114,7 +116,7 @@ def score_catalog(
     return ScoreResult(
         spec.name,
         scorer.scorer_id,
-        template,
+        template.name,
         max_length,
         device,
         pool.samples,

@@ -1,7 +1,7 @@
 """Zero-shot and one-shot sequences, built in token space.
 
-The contract: prompt ids come from the chat template (or the Alpaca prompt) of everything
-before the scored turn, with the generation prompt; the response ids are
+The contract: prompt ids come from the template (scoring.templates) of everything before the
+scored turn, ending where the response starts; the response ids are
 `tokenizer(response, add_special_tokens=False)` appended after them, no EOS. The scored
 positions are exactly those response ids, identical in both passes; the boundary is never
 found by re-tokenising a joined string. The target response is never truncated: a sample
@@ -10,13 +10,13 @@ that does not fit is marked unscorable instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-Messages = tuple[tuple[str, str], ...]  # (role, content); optional system, user/assistant turns, ends with assistant
+from catalog.score import AlpacaFields
+from scoring.templates import Template, Turn, render, template_for
 
-ALPACA_HEADER = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-)
+Messages = tuple[tuple[str, str], ...]  # (role, content); optional system, user/assistant turns, ends with assistant
 
 
 @dataclass(frozen=True)
@@ -43,15 +43,16 @@ class SequenceBuilder:
 
     Args:
         tokenizer: the scored model's tokenizer.
-        template: "chat" (the tokenizer's chat template) or "alpaca".
+        template: a Template, or its name ("chat", "alpaca", "alpaca-lf", a .jinja file).
         max_length: the longest sequence (prompt + response) the model is given.
+
+    `fields` / `example_fields`: (instruction, input) of an Alpaca record, which the Alpaca
+    templates print separately; None for chat records.
     """
 
-    def __init__(self, tokenizer, template: str, max_length: int) -> None:
-        if template == "chat" and not tokenizer.chat_template:
-            raise ValueError("the tokenizer has no chat template")
+    def __init__(self, tokenizer, template: Template | str, max_length: int) -> None:
         self.tokenizer = tokenizer
-        self.template = template
+        self.template = template if isinstance(template, Template) else template_for(tokenizer, template)
         self.max_length = max_length
         ids = tokenizer("x").input_ids
         self._bos = (
@@ -62,15 +63,21 @@ class SequenceBuilder:
         """The scored ids: the last assistant turn, tokenised alone."""
         return self.tokenizer(messages[-1][1], add_special_tokens=False).input_ids
 
-    def zero_shot(self, messages: Messages) -> Sequence | Unscorable:
+    def zero_shot(self, messages: Messages, fields: AlpacaFields | None = None) -> Sequence | Unscorable:
         """Prompt = everything before the last assistant turn."""
         response = self.response_ids(messages)
-        prompt = self.prompt_ids(list(messages[:-1]))
+        prompt = self.prompt_ids(_turns(messages[:-1], fields))
         if len(prompt) + len(response) > self.max_length:
             return Unscorable("too_long")
         return Sequence(prompt + response, len(response))
 
-    def one_shot(self, messages: Messages, example: Messages) -> Sequence | Unscorable:
+    def one_shot(
+        self,
+        messages: Messages,
+        example: Messages,
+        fields: AlpacaFields | None = None,
+        example_fields: AlpacaFields | None = None,
+    ) -> Sequence | Unscorable:
         """Prompt = the example's whole conversation, then everything before the last assistant turn.
 
         The target's system message (if any) leads; the example's own system message is dropped.
@@ -78,13 +85,14 @@ class SequenceBuilder:
         token is kept) and the sequence is flagged example_truncated.
         """
         response = self.response_ids(messages)
-        system = [m for m in messages[:1] if m[0] == "system"]
-        context = [m for m in example if m[0] != "system"][:-1]
-        target = [m for m in messages[:-1] if m[0] != "system"]
+        turns = _turns(messages[:-1], fields)
+        system = [t for t in turns[:1] if t.role == "system"]
+        context = [t for t in _turns(example[:-1], example_fields) if t.role != "system"]
+        target = [t for t in turns if t.role != "system"]
         example_response = example[-1][1]
 
         def prompt_with(example_text: str) -> list[int]:
-            return self.prompt_ids(system + context + [("assistant", example_text)] + target)
+            return self.prompt_ids(system + context + [Turn("assistant", example_text)] + target)
 
         prompt = prompt_with(example_response)
         if len(prompt) + len(response) <= self.max_length:
@@ -94,7 +102,9 @@ class SequenceBuilder:
             return Unscorable("too_long_one_shot")
         return Sequence(kept + response, len(response), example_truncated=True)
 
-    def _longest_example_that_fits(self, example_response: str, prompt_with, n_response: int) -> list[int] | None:
+    def _longest_example_that_fits(
+        self, example_response: str, prompt_with: Callable[[str], list[int]], n_response: int
+    ) -> list[int] | None:
         """Binary search on how many of the example response's tokens to keep (at least one)."""
         tokens = self.tokenizer(example_response, add_special_tokens=False).input_ids
         best, lo, hi = None, 1, len(tokens) - 1
@@ -107,30 +117,11 @@ class SequenceBuilder:
                 hi = keep - 1
         return best
 
-    def prompt_ids(self, turns: list[tuple[str, str]]) -> list[int]:
-        """Ids of `turns` (ending with a user turn) followed by the assistant's generation prompt."""
-        if self.template == "chat":
-            chat = [{"role": role, "content": content} for role, content in turns]
-            return list(
-                self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)
-            )
-        return self._bos + self.tokenizer(alpaca_prompt(turns), add_special_tokens=False).input_ids
+    def prompt_ids(self, turns: list[Turn]) -> list[int]:
+        """Ids of `turns` (ending with a user turn) up to where the assistant's response starts."""
+        return render(self.tokenizer, self.template, turns, self._bos)
 
 
-def alpaca_prompt(turns: list[tuple[str, str]]) -> str:
-    """The Alpaca prompt: a header (or the system message), then "### Instruction / ### Response"
-    blocks for earlier exchanges, then the last instruction and an open "### Response:\\n".
-
-    With an example exchange first, this is the example's full block (prompt + response),
-    a blank line, and the target's prompt.
-    """
-    header = turns[0][1] if turns and turns[0][0] == "system" else ALPACA_HEADER
-    turns = [t for t in turns if t[0] != "system"]
-    blocks, text = [], f"{header}\n\n"
-    for role, content in turns:
-        if role == "user":
-            text += f"### Instruction:\n{content}\n\n### Response:\n"
-        else:
-            blocks.append(text + content)
-            text = f"{header}\n\n"
-    return "\n\n".join(blocks + [text])
+def _turns(messages: Messages, fields: AlpacaFields | None) -> list[Turn]:
+    """Messages as turns; an Alpaca record's (single) user turn carries its instruction and input."""
+    return [Turn(role, content, fields if role == "user" else None) for role, content in messages]

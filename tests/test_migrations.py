@@ -112,7 +112,16 @@ def seed_0004(conn) -> None:
     )
 
 
-SEEDS = {"0001": seed_0001, "0002": seed_0002, "0003": seed_0003, "0004": seed_0004}
+def seed_0006(conn) -> None:
+    """A scorer of the trainer-exact templates (revision 2, with the template's hash) beside the old one."""
+    db.execute(
+        conn,
+        """INSERT INTO scorer VALUES (2, 'smollm2-135m', 'SmolLM2.gguf', 'beef', 'chat', 4096, 'float32',
+                        '2026-11-05 10:00:00', 2, 'c0ffee')""",
+    )
+
+
+SEEDS = {"0001": seed_0001, "0002": seed_0002, "0003": seed_0003, "0004": seed_0004, "0006": seed_0006}
 
 
 def revisions() -> list[tuple[str, str]]:
@@ -149,6 +158,28 @@ def test_upgrading_from_the_previous_revision_keeps_every_row(tmp_path, previous
     for table, rows in before.items():
         assert len(after[table]) == len(rows), table
         assert [r[: len(rows[0])] for r in after[table]] == rows, table
+
+
+def test_scorers_from_before_0006_keep_their_losses_at_template_revision_1(tmp_path):
+    """Old scorers stay distinguishable: revision 1, no hash; the same model, template, length and
+    dtype at the new revision is a second scorer, so old and new losses never mix."""
+    from catalog.score import TemplateKey, find_scorer, register_scorer
+
+    path = tmp_path / "old"
+    create_at(path, "0004")
+    with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
+        for seed in (seed_0001, seed_0002, seed_0003, seed_0004):
+            seed(conn)
+    catalog = Catalog(path)  # opening upgrades to head
+    old = find_scorer(catalog, "smollm2-135m")
+    assert (old.scorer_id, old.template, old.template_revision, old.template_hash) == (1, "chat", 1, None)
+    new = register_scorer(
+        catalog, "smollm2-135m", "SmolLM2.gguf", "beef", TemplateKey("chat", 2, "c0ffee"), 4096, "float32"
+    )
+    assert new.scorer_id == 2 and new.template_revision == 2
+    with catalog.read() as conn:
+        assert db.execute(conn, "SELECT DISTINCT scorer_id FROM miwv_scores") == [(1,)]
+        assert db.execute(conn, "SELECT count(*) FROM zero_shot_loss WHERE scorer_id = 1")[0][0] == 180
 
 
 def test_every_revision_has_a_seed_so_the_next_one_is_tested_with_data():

@@ -1,12 +1,13 @@
-"""The token-space contract: prompt ids from the template, response ids appended, never truncated."""
+"""The token-space contract: prompt ids from the template, response ids appended, never truncated.
+
+Per-template renderings (Stanford Alpaca, LLaMA-Factory, Jinja files) are in test_templates.py."""
 
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
 
 from catalog.records import to_sample
-from scoring.sequences import ALPACA_HEADER, Sequence, SequenceBuilder, Unscorable, alpaca_prompt
+from scoring.sequences import Sequence, SequenceBuilder, Unscorable
 from tests.conftest import fixture_records
 
 EDGE_CASES = {
@@ -44,23 +45,6 @@ def test_chat_sequences_are_template_prompt_plus_response_ids(smollm2, case):
     assert zero.n_response == one.n_response == len(response)  # identical scored positions
     assert zero.ids[-zero.n_response :] == one.ids[-one.n_response :] == response
     assert tokenizer.eos_token_id not in response
-
-
-def test_alpaca_template_with_bos_builds_prompt_then_response(smollm2):
-    spec, _, _ = smollm2
-    tokenizer = AutoTokenizer.from_pretrained(spec.path, add_bos_token=True)
-    builder = SequenceBuilder(tokenizer, "alpaca", 4096)
-    sample = to_sample(EDGE_CASES["with input"], "alpaca").messages
-    example = to_sample(EDGE_CASES["leading space"], "alpaca").messages
-    text = f"{ALPACA_HEADER}\n\n### Instruction:\nTranslate to French.\n\nGood morning\n\n### Response:\n"
-    assert alpaca_prompt([sample[0]]) == text
-    one_text = alpaca_prompt([example[0]]) + example[1][1] + "\n\n" + text
-    assert alpaca_prompt([example[0], example[1], sample[0]]) == one_text
-    response = tokenizer("Bonjour", add_special_tokens=False).input_ids
-    zero, one = builder.zero_shot(sample), builder.one_shot(sample, example)
-    assert zero.ids == [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False).input_ids + response
-    assert one.ids == [tokenizer.bos_token_id] + tokenizer(one_text, add_special_tokens=False).input_ids + response
-    assert one.ids.count(tokenizer.bos_token_id) == 1
 
 
 def test_multi_turn_scores_the_last_assistant_turn_given_all_before(smollm2):
