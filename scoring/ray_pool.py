@@ -77,10 +77,16 @@ class _Slot:
     tasks: int = 0
 
     def row(self) -> WorkerRow:
+        """Who this worker is; a load() that raised a UserError (other weights) raises it as it is."""
         import ray
 
         if self.worker is None:
-            self.worker = WorkerRow(self.number, *ray.get(self.ready))
+            try:
+                self.worker = WorkerRow(self.number, *ray.get(self.ready))
+            except ray.exceptions.RayTaskError as error:
+                if isinstance(error.cause, UserError):
+                    raise error.cause from None
+                raise
         return self.worker
 
 

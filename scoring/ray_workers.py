@@ -15,7 +15,6 @@ import numpy as np
 
 from catalog.errors import UserError
 from catalog.score import PassResult, PendingSample, WorkerRow
-from scoring.batching import Batching
 from scoring.ray_pool import ActorPool, RayCluster, WeightsMismatch
 
 
@@ -53,18 +52,19 @@ class ScoreWorker:
         """Resolve and load the model on this node; returns (node id, device)."""
         import torch
 
-        from scoring.models import resolve_model
+        from scoring.models import ALIASES, resolve_model
         from scoring.score import UnitScorer
 
         if not self.gpus:
             torch.set_num_threads(self.threads)
-        local = resolve_model(self.setup.spec.name)
+        spec = self.setup.spec  # an alias resolves on this node; a path is the driver's absolute one
+        local = resolve_model(spec.name if spec.name in ALIASES else spec.source)
         _refuse_other_weights("model", self.setup.spec.name, self.setup.spec.fingerprint, local.fingerprint)
         self.scorer = UnitScorer(replace(self.setup, spec=local), "cuda" if self.gpus else "cpu", max(1, self.gpus))
         return _where()
 
-    def score(self, rows: list[PendingSample], batching: Batching) -> tuple[list[PassResult], int]:
-        """Every pass the unit needs: (results, tokens run)."""
+    def score(self, rows: list[PendingSample], halvings: int) -> tuple[list[PassResult], int]:
+        """Every pass the unit needs, with the token budget and rows halved `halvings` times: (results, tokens run)."""
         import torch
 
         results: list[PassResult] = []
@@ -75,7 +75,7 @@ class ScoreWorker:
             tokens[0] += run
 
         try:
-            self.scorer.run(rows, keep, batching)
+            self.scorer.run(rows, keep, halvings)
         finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()  # an out-of-memory retry starts from a clean allocator
@@ -85,7 +85,7 @@ class ScoreWorker:
 @dataclass(frozen=True)
 class _Unit:
     ids: np.ndarray
-    batching: Batching
+    halvings: int = 0  # retries after the worker raised: each halves the token budget and rows
 
 
 class UnitFailed(UserError):
@@ -111,7 +111,7 @@ def run_score(cluster: RayCluster, setup, units: list[np.ndarray], context) -> N
         key = id(unit.ids)
         if key not in rows:
             rows[key] = context.rows(unit.ids)
-        return worker.score.remote(rows[key], unit.batching)
+        return worker.score.remote(rows[key], unit.halvings)
 
     def done(unit: _Unit, result: tuple[list[PassResult], int], worker: WorkerRow) -> None:
         results, tokens = result
@@ -119,12 +119,12 @@ def run_score(cluster: RayCluster, setup, units: list[np.ndarray], context) -> N
         context.commit(results, tokens, worker, UnitProgress(unit_rows).done(results))
 
     def retry(unit: _Unit, error: Exception) -> _Unit | None:
-        return None if unit.batching.max_rows == 1 else replace(unit, batching=unit.batching.halved())
+        return None if setup.batching.max_rows >> unit.halvings <= 1 else replace(unit, halvings=unit.halvings + 1)
 
     try:
         pool.wait_loaded()
         context.tally.computing()
-        failed = pool.run((_Unit(ids, setup.batching) for ids in units), call, done, retry)
+        failed = pool.run((_Unit(ids) for ids in units), call, done, retry)
     finally:
         pool.close()
     if failed:
@@ -154,7 +154,7 @@ class EmbedWorker:
 
         if not self.gpus:
             torch.set_num_threads(self.threads)
-        local = resolve_embedder(self.spec.name, self.spec.pooling)
+        local = resolve_embedder(self.spec.name, self.spec.pooling)  # an alias, or the driver's absolute path
         _refuse_other_weights("embedder", self.spec.name, self.spec.fingerprint, local.fingerprint)
         self.model = Embedder(local, "cuda" if self.gpus else "cpu", self.batch_size)
         return _where()

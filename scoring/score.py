@@ -13,7 +13,7 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import numpy as np
@@ -33,9 +33,10 @@ from catalog.score import (
     save_results,
     start_run,
 )
-from scoring.batching import Batching, default_batching
+from scoring.batching import Batching, bytes_per_token, default_batching, gpu_token_budget
 from scoring.commits import PatientWriter, patiently
 from scoring.device import DTYPES, pick_device, pick_dtype
+from scoring.losses import HEAD_CHUNK
 from scoring.models import (
     ModelSpec,
     choose_template,
@@ -79,6 +80,7 @@ class ScorerSetup:
     max_length: int
     dtype: str  # torch dtype name of the weights
     batching: Batching
+    fit_memory: bool = False  # on a GPU, set the token budget from its free memory (no --token-budget given)
 
 
 class UnitScorer:
@@ -97,9 +99,35 @@ class UnitScorer:
         self.pad_id = pad_id(tokenizer)
         dtype = DTYPES[setup.dtype]
         self.model = load_model(setup.spec, device, dtype) if gpus == 1 else _load_spread(setup.spec, dtype)
+        self.batching = setup.batching
+        if setup.fit_memory and device.startswith("cuda"):
+            self.batching = replace(setup.batching, token_budget=_budget_for(self.model))
 
-    def run(self, rows: list[PendingSample], emit: Callable[[list[PassResult], int], None], batching: Batching) -> None:
+    def run(self, rows: list[PendingSample], emit: Callable[[list[PassResult], int], None], halvings: int = 0) -> None:
+        """Every pass `rows` need; `halvings` times half the token budget and rows (retries after running out
+        of memory)."""
+        batching = self.batching
+        for _ in range(halvings):
+            batching = batching.halved()
         PassRunner(self.model, self.builder, self.pad_id, batching).run(rows, emit)
+
+
+def _budget_for(model) -> int:
+    """The token budget the GPU's memory allows now that the weights are on it."""
+    import torch
+
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = bytes_per_token(
+        config.num_hidden_layers,
+        config.hidden_size,
+        getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        head_dim,
+        config.intermediate_size,
+        model.dtype.itemsize,
+    )
+    free, _ = torch.cuda.mem_get_info(model.device)
+    return gpu_token_budget(free, 0, per_token, 2 * HEAD_CHUNK * config.vocab_size * 4)
 
 
 def _load_spread(spec: ModelSpec, dtype):
@@ -236,6 +264,7 @@ def score_catalog(
         max_length,
         str(torch_dtype).removeprefix("torch."),
         default_batching(device).override(token_budget, max_batch),
+        fit_memory=token_budget is None,
     )
     try:
         with catalog.job("score"):
@@ -293,5 +322,4 @@ def _score_here(setup: ScorerSetup, device: str, units: list[np.ndarray], contex
         scorer.run(
             rows,
             lambda results, tokens, progress=progress: context.commit(results, tokens, worker, progress.done(results)),
-            setup.batching,
         )
