@@ -229,10 +229,10 @@ def test_a_refused_score_writes_nothing_and_an_empty_scorer_is_never_the_default
 
 
 HOLD_READ = """
-import sys, time, duckdb
+import sys, duckdb
 connection = duckdb.connect(sys.argv[1], read_only=True)
 print("holding", flush=True)
-time.sleep(float(sys.argv[2]))
+sys.stdin.readline()  # until the test has seen the writer wait
 """
 
 
@@ -243,7 +243,7 @@ def test_score_waits_for_a_long_reader_and_stores_everything(tmp_path, catalog_d
     command = [sys.executable, str(REPO / "cli.py"), "score", "--model", "smollm2-135m", "--max-batch", "4"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     catalog = Catalog(catalog_dir, busy_timeout=30)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.5)
         with catalog.read() as conn:
@@ -251,13 +251,21 @@ def test_score_waits_for_a_long_reader_and_stores_everything(tmp_path, catalog_d
                 break
     assert process.poll() is None, "score finished before the reader came"
     reader = subprocess.Popen(
-        [sys.executable, "-c", HOLD_READ, str(catalog_dir / "catalog.duckdb"), "8"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD_READ, str(catalog_dir / "catalog.duckdb")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert reader.stdout.readline().strip() == "holding"
-    stdout, stderr = process.communicate(timeout=900)
-    reader.wait()
-    assert process.returncode == 0, stderr
-    assert f"waiting for the catalog (catalog {catalog_dir} is busy: process {reader.pid}" in stderr
+    waited = ""
+    for line in process.stderr:  # the reader holds on until the writer has waited past the busy timeout
+        if "waiting for the catalog" in line:
+            waited = line
+            break
+    reader.communicate("release\n")
+    stdout, _ = process.communicate(timeout=900)
+    assert process.returncode == 0
+    assert f"waiting for the catalog (catalog {catalog_dir} is busy: process {reader.pid}" in waited
     assert "pool 12, 12 needed passes" in stdout
     with catalog.read() as conn:
         zeros, ones = db.execute(
