@@ -9,12 +9,15 @@ its own retry and output ordering. The driver keeps two units queued per worker,
 never waits for the driver, and reads a unit's rows only when it is dispatched.
 
 Local pools (`--workers N`) start Ray as children of the driver with Linux's parent-death signal
-(Ray's own fate sharing), so a driver killed with SIGKILL leaves no process behind.
+(Ray's own fate sharing) and a reaper (scoring/ray_reaper.py) for the agents that outlive it, so
+a driver killed with SIGKILL leaves no process behind.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -187,8 +190,8 @@ class RayCluster:
     Use `connect`; `score` and `embed` run a job's units on it.
     """
 
-    def __init__(self, placement: Placement, started_here: bool) -> None:
-        self.placement, self.started_here = placement, started_here
+    def __init__(self, placement: Placement, reaper: subprocess.Popen | None) -> None:
+        self.placement, self.reaper = placement, reaper
         self.device, self.workers = placement.device, placement.workers
 
     @classmethod
@@ -198,7 +201,7 @@ class RayCluster:
         import ray
         import torch
 
-        started_here = False
+        reaper = None
         if not ray.is_initialized():
             if address:
                 ray.init(
@@ -207,6 +210,10 @@ class RayCluster:
                     log_to_driver=False,
                 )
             else:
+                reaper = subprocess.Popen(
+                    [sys.executable, str(Path(__file__).with_name("ray_reaper.py")), str(os.getpid())],
+                    start_new_session=True,
+                )
                 ray.init(
                     address="local",
                     num_cpus=os.cpu_count(),
@@ -216,10 +223,9 @@ class RayCluster:
                     runtime_env={"env_vars": worker_env()},
                     log_to_driver=False,
                 )
-                started_here = True
         resources = ray.cluster_resources()
         placement = place(int(resources.get("CPU", 1)), int(resources.get("GPU", 0)), workers, gpus_per_worker, device)
-        return cls(placement, started_here)
+        return cls(placement, reaper)
 
     def actor_options(self) -> dict[str, Any]:
         if self.placement.device == "cuda":
@@ -234,5 +240,7 @@ class RayCluster:
     def close(self) -> None:
         import ray
 
-        if self.started_here:
+        if self.reaper is not None:  # this process started Ray: stop it, then its watcher
             ray.shutdown()
+            self.reaper.terminate()
+            self.reaper.wait()
