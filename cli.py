@@ -189,6 +189,19 @@ def neighbour_search_options(command):
     )(command)
 
 
+def ray_options(command):
+    """--workers and --ray-address, shared by `embed` and `score`: without them, Ray is not used."""
+    command = click.option(
+        "--ray-address",
+        help="Run on the Ray cluster at this address ('auto': the one this machine joined), one worker per GPU.",
+    )(command)
+    return click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        help="Run on N Ray workers started on this machine (one per GPU when there are GPUs).",
+    )(command)
+
+
 @cli.command()
 @click.option(
     "--embedder",
@@ -206,9 +219,18 @@ def neighbour_search_options(command):
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @neighbour_search_options
+@ray_options
 @click.pass_obj
 def embed(
-    catalog: Catalog, embedder: str, pooling: str, device: str, batch_size: int, method: str, exact_limit: int
+    catalog: Catalog,
+    embedder: str,
+    pooling: str,
+    device: str,
+    batch_size: int,
+    method: str,
+    exact_limit: int,
+    workers: int | None,
+    ray_address: str | None,
 ) -> None:
     """Embed samples that lack a vector, then update nearest-neighbour links.
 
@@ -217,26 +239,29 @@ def embed(
     from scoring.embed import embed_missing
     from scoring.neighbours import link_neighbours
 
-    embedded = embed_missing(catalog, embedder, pooling, device, batch_size)
+    embedded = embed_missing(catalog, embedder, pooling, device, batch_size, workers, ray_address)
     click.echo(
         f"embedder {embedded.embedder.name} ({embedded.embedder.pooling} pooling, "
         f"{embedded.embedder.dimension} dims): {embedded.embedded} embedded, {embedded.total} in all "
         f"({embedded.seconds:.1f} s)"
     )
-    _echo_links(link_neighbours(catalog, embedded.embedder, method=method, exact_limit=exact_limit))
+    _echo_links(link_neighbours(catalog, embedded.embedder, method=method, exact_limit=exact_limit, device=device))
 
 
 @cli.command()
 @click.option("--embedder", help="Embedder name, path or id (default: minilm, or the only one).")
 @click.option("--rebuild", is_flag=True, help="Recompute every link from scratch (writes only those that differ).")
 @neighbour_search_options
+@click.option("--device", default="auto", show_default=True, help="Where the exact search runs: " + DEVICE_HELP)
 @click.pass_obj
-def neighbours(catalog: Catalog, embedder: str | None, rebuild: bool, method: str, exact_limit: int) -> None:
+def neighbours(
+    catalog: Catalog, embedder: str | None, rebuild: bool, method: str, exact_limit: int, device: str
+) -> None:
     """Update (or --rebuild) nearest-neighbour links of embedded samples."""
     from catalog.embed import find_embedder
     from scoring.neighbours import link_neighbours
 
-    _echo_links(link_neighbours(catalog, find_embedder(catalog, embedder), rebuild, method, exact_limit))
+    _echo_links(link_neighbours(catalog, find_embedder(catalog, embedder), rebuild, method, exact_limit, device))
 
 
 def _echo_links(result) -> None:
@@ -281,6 +306,14 @@ def _echo_links(result) -> None:
     "--token-budget", type=click.IntRange(min=1), help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA)."
 )
 @click.option("--max-batch", type=click.IntRange(min=1), help="Sequences per batch (default: 16 on CPU, 128 on CUDA).")
+@ray_options
+@click.option(
+    "--gpus-per-worker",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="GPUs of one node each Ray worker spreads its model over (a model too big for one GPU).",
+)
 @click.pass_obj
 def score(
     catalog: Catalog,
@@ -294,6 +327,9 @@ def score(
     limit: int | None,
     token_budget: int | None,
     max_batch: int | None,
+    workers: int | None,
+    ray_address: str | None,
+    gpus_per_worker: int,
 ) -> None:
     """Compute the MIWV losses of MODEL that are missing: zero-shot where absent, one-shot where
     there is none for the sample's current neighbour. Interrupt and rerun at will."""
@@ -311,10 +347,14 @@ def score(
         limit=limit,
         token_budget=token_budget,
         max_batch=max_batch,
+        workers=workers,
+        ray_address=ray_address,
+        gpus_per_worker=gpus_per_worker,
     )
     click.echo(
         f"scored {result.model} (scorer {result.scorer_id}, {result.template} template, max length "
-        f"{result.max_length}, {result.device}): pool {result.pool}, {result.samples} needed passes, "
+        f"{result.max_length}, {result.device}{f' x {result.workers} workers' if result.workers > 1 else ''}): "
+        f"pool {result.pool}, {result.samples} needed passes, "
         f"{result.passes} passes ({result.unscorable} unscorable), {result.tokens_run} tokens run "
         f"in {result.seconds:.1f} s"
     )

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 from bench.common import save, shared_records, timer  # noqa: E402
 from catalog import Catalog, db  # noqa: E402
 from catalog.ingest import ingest_file  # noqa: E402
-from catalog.score import pending_samples  # noqa: E402
+from catalog.score import pending_rows, plan_pool  # noqa: E402
 from scoring.embed import embed_missing  # noqa: E402
 from scoring.models import (  # noqa: E402
     load_model,
@@ -87,9 +87,9 @@ def main() -> None:
         tokenizer = load_tokenizer(spec)
         model = load_model(spec, "cpu", torch.float32)
         builder = SequenceBuilder(tokenizer, "chat", 4096)
-        pool = pending_samples(catalog, 0, embedder.embedder_id)  # scorer 0 has nothing yet: every pass
+        plan = plan_pool(catalog, 0, embedder.embedder_id)  # scorer 0 has nothing yet: every pass
         sequences = {}
-        for p in pool.pending:
+        for p in pending_rows(catalog, 0, embedder.embedder_id, plan.ids):
             sequences[("zero", p.sample_id)] = builder.zero_shot(p.messages)
             sequences[("one", p.sample_id)] = builder.one_shot(p.messages, p.neighbour_messages)
         sequences = {k: s for k, s in sequences.items() if isinstance(s, Sequence)}

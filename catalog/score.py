@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
+import numpy as np
 import pyarrow as pa
 
 from catalog import db
@@ -50,11 +52,21 @@ class PendingSample:
     neighbour_fields: AlpacaFields | None = None
 
 
+class PassKind(StrEnum):
+    """Which loss a pass computes: without an example, or after its neighbour as the example."""
+
+    ZERO = "zero"
+    ONE = "one"
+
+
+LOSS_TABLES = {PassKind.ZERO: "zero_shot_loss", PassKind.ONE: "one_shot_loss"}
+
+
 @dataclass(frozen=True)
 class PassResult:
     """One pass's outcome; losses are None unless status is "ok"."""
 
-    kind: str  # "zero" or "one"
+    kind: PassKind
     sample_id: int
     neighbour_id: int | None
     status: str  # "ok", "too_long", "too_long_one_shot"
@@ -65,12 +77,25 @@ class PassResult:
 
 
 @dataclass(frozen=True)
-class Pool:
-    """The samples a score run covers, and which of them can be scored now."""
+class PoolPlan:
+    """The samples a score run covers, and which of them need passes: ids only, sorted by
+    sample_id, so a pool of millions stays small in memory (messages are read per unit)."""
 
     samples: int
     not_linked: int  # no neighbour link for the embedder yet (run `embed`)
-    pending: list[PendingSample]
+    ids: np.ndarray  # int64 [pending]
+    neighbour_ids: np.ndarray  # int64 [pending]; NO_NEIGHBOUR (-1) where the sample has none
+    need_zero: np.ndarray  # bool [pending]
+    need_one: np.ndarray  # bool [pending]
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """A process that ran passes of a score run: where, and on which device."""
+
+    worker: int  # 0 in-process; Ray workers count from 0 in the order they started
+    node_id: str
+    device: str
 
 
 def register_scorer(
@@ -106,14 +131,18 @@ _SCORER_COLUMNS = "scorer_id, model, source, template, max_length, dtype, templa
 
 
 def find_scorer(catalog: Catalog, model: str, scorer_id: int | None = None) -> ScorerRow:
-    """The scorer of `model` (its newest, unless `scorer_id` picks one); UserError if there is none."""
+    """The scorer of `model` (its newest that has losses, unless `scorer_id` picks one); UserError if
+    there is none. A scorer without losses (a run that stopped before its first commit) is never
+    the default: it would make `select` and `report` see an empty pool."""
     with catalog.read() as conn:
         rows = [
             ScorerRow(*r)
             for r in db.execute(
                 conn,
-                f"SELECT {_SCORER_COLUMNS} FROM scorer WHERE model = $model ORDER BY scorer_id DESC",
-                {"model": model},
+                f"""SELECT {_SCORER_COLUMNS} FROM scorer s WHERE model = $model AND ($scorer_id IS NOT NULL
+                        OR EXISTS (SELECT 1 FROM zero_shot_loss z WHERE z.scorer_id = s.scorer_id))
+                    ORDER BY scorer_id DESC""",
+                {"model": model, "scorer_id": scorer_id},
             )
         ]
         known = [r[0] for r in db.execute(conn, "SELECT DISTINCT model FROM scorer ORDER BY 1")]
@@ -127,52 +156,79 @@ def find_scorer(catalog: Catalog, model: str, scorer_id: int | None = None) -> S
     return rows[0]
 
 
-def pending_samples(
+def check_pool(catalog: Catalog, dataset: str | None) -> None:
+    """UserError before anything is written when the pool names an unknown dataset."""
+    with catalog.read() as conn:
+        require_dataset(conn, dataset)
+
+
+NO_NEIGHBOUR = -1
+
+# Which passes a pool sample `p` (linked by `l`) still needs, given its losses `z` and `o`.
+_NEEDS = """z.sample_id IS NULL AS need_zero,
+            l.neighbour_id IS NOT NULL AND o.sample_id IS NULL AS need_one"""
+_LOSSES = """LEFT JOIN zero_shot_loss z ON z.sample_id = p.sample_id AND z.scorer_id = $scorer_id
+            LEFT JOIN one_shot_loss o
+                   ON o.sample_id = p.sample_id AND o.scorer_id = $scorer_id AND o.neighbour_id = l.neighbour_id"""
+
+
+def plan_pool(
     catalog: Catalog, scorer_id: int, embedder_id: int, dataset: str | None = None, limit: int | None = None
-) -> Pool:
+) -> PoolPlan:
     """The pool (all samples, or one dataset; the first `limit` by sample_id) and what it still needs.
 
     A sample needs its zero-shot pass if it has no zero-shot row for the scorer, and its
-    one-shot pass if it has a neighbour and no one-shot row for that neighbour.
+    one-shot pass if it has a neighbour and no one-shot row for that neighbour. Unlinked
+    samples are counted, not planned. Call check_pool first: an unknown dataset is an empty pool here.
     """
-    pool_params = {"dataset": dataset} | ({"limit": limit} if limit is not None else {})
+    params = {"dataset": dataset, "scorer_id": scorer_id, "embedder_id": embedder_id}
     with catalog.read() as conn:
-        require_dataset(conn, dataset)
-        db.execute(
-            conn,
-            f"""
-            CREATE TEMP TABLE pool AS
-            SELECT sample_id, messages, instruction, input FROM sample
-            WHERE $dataset IS NULL OR sample_id IN (SELECT sample_id FROM membership WHERE dataset = $dataset)
-            ORDER BY sample_id {"LIMIT $limit" if limit is not None else ""}""",
-            pool_params,
-        )
-        samples, not_linked = db.execute(
-            conn,
-            """
-            SELECT count(*), count(*) FILTER (WHERE l.sample_id IS NULL)
-            FROM pool p LEFT JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id""",
-            {"embedder_id": embedder_id},
-        )[0]
         table = db.query_arrow(
             conn,
-            """
-            SELECT p.sample_id, p.messages, p.instruction, p.input, l.neighbour_id, n.messages AS neighbour_messages,
-                   n.instruction AS neighbour_instruction, n.input AS neighbour_input,
-                   z.sample_id IS NULL AS need_zero,
-                   l.neighbour_id IS NOT NULL AND o.sample_id IS NULL AS need_one
-            FROM pool p
+            f"""
+            WITH p AS (
+                SELECT sample_id FROM sample
+                WHERE $dataset IS NULL OR sample_id IN (SELECT sample_id FROM membership WHERE dataset = $dataset)
+                ORDER BY sample_id {"LIMIT $limit" if limit is not None else ""})
+            SELECT p.sample_id, coalesce(l.neighbour_id, {NO_NEIGHBOUR}) AS neighbour_id,
+                   l.sample_id IS NOT NULL AS linked, {_NEEDS}
+            FROM p LEFT JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id
+            {_LOSSES}
+            ORDER BY p.sample_id""",
+            params | ({"limit": limit} if limit is not None else {}),
+        )
+    linked = table["linked"].to_numpy(zero_copy_only=False)
+    need_zero = table["need_zero"].to_numpy(zero_copy_only=False)
+    need_one = table["need_one"].to_numpy(zero_copy_only=False)
+    pending = linked & (need_zero | need_one)
+    return PoolPlan(
+        samples=len(table),
+        not_linked=int((~linked).sum()),
+        ids=table["sample_id"].to_numpy()[pending],
+        neighbour_ids=table["neighbour_id"].to_numpy()[pending],
+        need_zero=need_zero[pending],
+        need_one=need_one[pending],
+    )
+
+
+def pending_rows(catalog: Catalog, scorer_id: int, embedder_id: int, ids: np.ndarray) -> list[PendingSample]:
+    """The pending samples among `ids` with their messages and their neighbour's (one unit of work)."""
+    with catalog.read() as conn, db.registered(conn, "_unit", pa.table({"sample_id": pa.array(ids, pa.int64())})):
+        table = db.query_arrow(
+            conn,
+            f"""
+            SELECT p.sample_id, p.messages, p.instruction, p.input, l.neighbour_id,
+                   n.messages AS neighbour_messages, n.instruction AS neighbour_instruction,
+                   n.input AS neighbour_input, {_NEEDS}
+            FROM _unit u JOIN sample p ON p.sample_id = u.sample_id
             JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id
             LEFT JOIN sample n ON n.sample_id = l.neighbour_id
-            LEFT JOIN zero_shot_loss z ON z.sample_id = p.sample_id AND z.scorer_id = $scorer_id
-            LEFT JOIN one_shot_loss o
-                   ON o.sample_id = p.sample_id AND o.scorer_id = $scorer_id AND o.neighbour_id = l.neighbour_id
+            {_LOSSES}
             WHERE z.sample_id IS NULL OR (l.neighbour_id IS NOT NULL AND o.sample_id IS NULL)
             ORDER BY p.sample_id""",
             {"scorer_id": scorer_id, "embedder_id": embedder_id},
         )
-        db.execute(conn, "DROP TABLE pool")
-    pending = [
+    return [
         PendingSample(
             row["sample_id"],
             _messages(row["messages"]),
@@ -185,7 +241,6 @@ def pending_samples(
         )
         for row in table.to_pylist()
     ]
-    return Pool(samples, not_linked, pending)
 
 
 def _messages(rows: list[dict]) -> Messages:
@@ -196,15 +251,17 @@ def _fields(instruction: str | None, input: str | None) -> AlpacaFields | None:
     return None if instruction is None else (instruction, input or "")
 
 
-def start_run(catalog: Catalog, scorer_id: int, embedder_id: int, device: str, pool: int, samples: int) -> int:
-    """Record the start of a score run; returns its id."""
+def start_run(
+    catalog: Catalog, scorer_id: int, embedder_id: int, device: str, pool: int, samples: int, workers: int
+) -> int:
+    """Record the start of a score run on `workers` processes; returns its id."""
     with catalog.write() as conn:
         run_id = db.next_id(conn, "score_run", "run_id")
         db.execute(
             conn,
             """INSERT INTO score_run (run_id, scorer_id, embedder_id, device, pool, samples, passes,
-                                                   tokens_run, started_at)
-                            VALUES ($run_id, $scorer_id, $embedder_id, $device, $pool, $samples, 0, 0, $now)""",
+                                      tokens_run, started_at, workers)
+               VALUES ($run_id, $scorer_id, $embedder_id, $device, $pool, $samples, 0, 0, $now, $workers)""",
             {
                 "run_id": run_id,
                 "scorer_id": scorer_id,
@@ -213,23 +270,36 @@ def start_run(catalog: Catalog, scorer_id: int, embedder_id: int, device: str, p
                 "pool": pool,
                 "samples": samples,
                 "now": db.utcnow(),
+                "workers": workers,
             },
         )
     return run_id
 
 
-def save_results(catalog: Catalog, scorer_id: int, run_id: int, results: list[PassResult], tokens_run: int) -> None:
-    """Write one batch's results and the run's progress in one transaction; rows already there are
-    kept (an example's zero-shot pass may be recomputed after an earlier run stored it)."""
+def save_results(
+    catalog: Catalog, scorer_id: int, run_id: int, results: list[PassResult], tokens_run: int, worker: WorkerRow
+) -> None:
+    """Write one batch's (or unit's) results, the run's progress and the worker's share in one
+    transaction; rows already there are kept (an example's zero-shot pass may be recomputed after
+    an earlier run, or another unit, stored it)."""
     now = db.utcnow()
+    progress = {"passes": len(results), "tokens_run": tokens_run, "run_id": run_id}
     with catalog.write() as conn:
         db.execute(
             conn,
             """UPDATE score_run SET passes = passes + $passes, tokens_run = tokens_run + $tokens_run
                             WHERE run_id = $run_id""",
-            {"passes": len(results), "tokens_run": tokens_run, "run_id": run_id},
+            progress,
         )
-        for kind, table in (("zero", "zero_shot_loss"), ("one", "one_shot_loss")):
+        db.execute(
+            conn,
+            """INSERT INTO score_run_worker (run_id, worker, node_id, device, passes, tokens_run)
+               VALUES ($run_id, $worker, $node_id, $device, $passes, $tokens_run)
+               ON CONFLICT DO UPDATE SET passes = passes + excluded.passes,
+                                         tokens_run = tokens_run + excluded.tokens_run""",
+            progress | {"worker": worker.worker, "node_id": worker.node_id, "device": worker.device},
+        )
+        for kind, table in LOSS_TABLES.items():
             rows = [r for r in results if r.kind == kind]
             if not rows:
                 continue
@@ -246,7 +316,7 @@ def save_results(catalog: Catalog, scorer_id: int, run_id: int, results: list[Pa
                 "run_id": pa.array([run_id] * len(rows), pa.int32()),
                 "computed_at": pa.array([now] * len(rows), pa.timestamp("us")),
             }
-            if kind == "one":
+            if kind == PassKind.ONE:
                 columns["neighbour_id"] = pa.array([r.neighbour_id for r in rows], pa.int64())
                 columns["example_truncated"] = pa.array([r.example_truncated for r in rows], pa.bool_())
             db.insert_arrow(conn, table, pa.table(columns), keep_existing=True)

@@ -16,6 +16,7 @@ from catalog import Catalog
 from catalog.choices import DEFAULT_EMBEDDER, POOLINGS
 from catalog.embed import EmbedderRow, lookup_embedder, register_embedder, samples_to_embed
 from catalog.errors import UserError
+from scoring.commits import patiently
 from scoring.device import pick_device
 from scoring.local_files import fingerprint, package_dir
 from terminal.progress import Meter
@@ -112,6 +113,8 @@ def embed_missing(
     pooling: str = "mean",
     device: str = "auto",
     batch_size: int = 16,
+    workers: int | None = None,
+    ray_address: str | None = None,
 ) -> EmbedResult:
     """Embed the user text of every sample without a vector from `embedder`.
 
@@ -121,6 +124,8 @@ def embed_missing(
         pooling: how token vectors become one vector: mean (default, as the paper), cls or max.
         device: "auto" (CUDA when present), "cpu", "cuda", ...
         batch_size: texts per forward pass.
+        workers, ray_address: encode on a pool of Ray workers (see scoring.ray_pool); this
+            process still writes every vector.
     """
     started = time.monotonic()
     catalog.require()
@@ -132,23 +137,43 @@ def embed_missing(
             ids, texts = samples_to_embed(catalog, embedded)
             if not len(ids):
                 return EmbedResult(row, 0, len(embedded), time.monotonic() - started)
-        model = Embedder(spec, device, batch_size)
-        if row is None:
-            row = register_embedder(
-                catalog,
-                spec.name,
-                str(spec.path),
-                model.dimension,
-                spec.pooling,
-                spec.fingerprint,
-                model.max_seq_length,
-            )
-            ids, texts = samples_to_embed(catalog, row.vectors(catalog).ids())
-        vectors = row.vectors(catalog)
-        with Meter(f"embedding ({row.name})", len(ids), "texts") as meter:
-            for start in range(0, len(ids), WRITE_EVERY):
-                chunk = slice(start, start + WRITE_EVERY)
-                vectors.add(ids[chunk], model.encode(texts[chunk]))
-                meter.advance(len(ids[chunk]))
+        cluster = None
+        if workers is not None or ray_address is not None:
+            from scoring.ray_pool import RayCluster
+
+            cluster = RayCluster.connect(workers, ray_address, 1, device)
+        try:
+            model = None if cluster and row is not None else Embedder(spec, device, batch_size)
+            if row is None:
+                row = patiently(
+                    lambda: register_embedder(
+                        catalog,
+                        spec.name,
+                        str(spec.path),
+                        model.dimension,
+                        spec.pooling,
+                        spec.fingerprint,
+                        model.max_seq_length,
+                    )
+                )
+                ids, texts = samples_to_embed(catalog, row.vectors(catalog).ids())
+            vectors = row.vectors(catalog)
+            chunks = [(ids[i : i + WRITE_EVERY], texts[i : i + WRITE_EVERY]) for i in range(0, len(ids), WRITE_EVERY)]
+            with Meter(f"embedding ({row.name})", len(ids), "texts") as meter:
+
+                def add(chunk_ids, chunk_vectors) -> None:
+                    vectors.add(chunk_ids, chunk_vectors)
+                    meter.advance(len(chunk_ids))
+
+                if cluster:
+                    from scoring.ray_workers import run_embed
+
+                    run_embed(cluster, spec, batch_size, chunks, add)
+                else:
+                    for chunk_ids, chunk_texts in chunks:
+                        add(chunk_ids, model.encode(chunk_texts))
+        finally:
+            if cluster:
+                cluster.close()
         vectors.compact()
         return EmbedResult(row, len(ids), len(vectors.ids()), time.monotonic() - started)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from catalog.choices import EXACT_LIMIT, NEIGHBOUR_METHODS
 from catalog.embed import EmbedderRow
 from catalog.neighbours import NO_NEIGHBOUR, Links, current_links, save_links, text_groups
 from catalog.vectors import VectorTable
+from scoring.device import pick_device
 from terminal.progress import Meter
 
 
@@ -85,6 +87,7 @@ def nearest(
     rows_per_block: int | None = None,
     on_block: Callable[[int], None] | None = None,
     floor: np.ndarray | None = None,
+    device: str = "cpu",
 ) -> Nearest:
     """Each query's nearest candidate not in its group.
 
@@ -95,6 +98,8 @@ def nearest(
         on_block: called with the number of query rows finished after each block.
         floor: per query, a similarity its answer must reach to matter (say, its current link's);
             rows that provably cannot reach it come back as NO_NEIGHBOUR without exact rescoring.
+        device: where the float32 products run (a GPU when present); the float64 decision runs on
+            the CPU either way, so links do not depend on it.
     """
     n_queries, n_candidates = len(queries.ids), len(candidates.ids)
     out_ids = np.full(n_queries, NO_NEIGHBOUR, np.int64)
@@ -103,17 +108,17 @@ def nearest(
         return Nearest(out_ids, out_sim)
     margin = near_tie_margin(candidates.vectors.shape[1])
     excluded = _GroupIndex(candidates.groups)
-    cand = torch.from_numpy(np.ascontiguousarray(candidates.vectors, np.float32))  # [N, d]
-    step = rows_per_block or block_rows(n_candidates)
+    cand = torch.from_numpy(np.ascontiguousarray(candidates.vectors, np.float32)).to(device)  # [N, d]
+    step = rows_per_block or block_rows(n_candidates, _free_bytes(device))
     for start in range(0, n_queries, step):
         stop = min(start + step, n_queries)
-        query = torch.from_numpy(np.ascontiguousarray(queries.vectors[start:stop], np.float32))  # [B, d]
+        query = torch.from_numpy(np.ascontiguousarray(queries.vectors[start:stop], np.float32)).to(device)  # [B, d]
         sims = query @ cand.T  # [B, N] float32
         rows, cols = excluded.pairs(queries.groups[start:stop])
-        sims[torch.from_numpy(rows), torch.from_numpy(cols)] = -torch.inf
+        sims[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
         top = sims.topk(min(2, n_candidates), dim=1)  # [B, 2]: best and runner-up
         if floor is not None:
-            cannot_reach = torch.from_numpy(floor[start:stop] - margin) > top.values[:, 0].double()
+            cannot_reach = torch.from_numpy(floor[start:stop] - margin).to(device) > top.values[:, 0].double()
             top.values[cannot_reach, 0] = -torch.inf
         pair_rows, pair_cols = _near_ties(sims, top, margin)
         if on_block is not None:
@@ -127,6 +132,14 @@ def nearest(
         )
         out_ids[start + rows], out_sim[start + rows] = ids, sims
     return Nearest(out_ids, out_sim)
+
+
+def _free_bytes(device: str) -> int | None:
+    """A GPU block's budget: an eighth of the device's free memory (None on the CPU: block_rows decides)."""
+    if not device.startswith("cuda"):
+        return None
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return int(min(1 << 30, free // 8))
 
 
 def choose(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -157,7 +170,7 @@ def _near_ties(sims: torch.Tensor, top, margin: float) -> tuple[np.ndarray, np.n
         r, c = (sims[tied_rows] >= (best[tied_rows] - margin)[:, None]).nonzero(as_tuple=True)
         rows.append(tied_rows[r])
         cols.append(c)
-    return torch.cat(rows).numpy(), torch.cat(cols).numpy()
+    return torch.cat(rows).cpu().numpy(), torch.cat(cols).cpu().numpy()
 
 
 def beats(sim_a: np.ndarray, id_a: np.ndarray, sim_b: np.ndarray, id_b: np.ndarray) -> np.ndarray:
@@ -200,7 +213,12 @@ class LinkResult:
 
 
 def link_neighbours(
-    catalog: Catalog, embedder: EmbedderRow, rebuild: bool = False, method: str = "auto", exact_limit: int = EXACT_LIMIT
+    catalog: Catalog,
+    embedder: EmbedderRow,
+    rebuild: bool = False,
+    method: str = "auto",
+    exact_limit: int = EXACT_LIMIT,
+    device: str = "auto",
 ) -> LinkResult:
     """Bring `embedder`'s neighbour links up to date with its vectors.
 
@@ -211,10 +229,12 @@ def link_neighbours(
         method: "exact" (blocked matrix products), "ann" (LanceDB IVF_HNSW_SQ + exact re-ranking),
             or "auto": exact up to `exact_limit` samples.
         exact_limit: see `method`.
+        device: where exact search runs ("auto": a GPU when present); the links are the same anywhere.
     """
     if method not in NEIGHBOUR_METHODS:
         raise UserError(f"unknown neighbour method {method!r}; use one of {', '.join(NEIGHBOUR_METHODS)}")
     started, started_at = time.monotonic(), db.utcnow()
+    search = partial(nearest, device=pick_device(device))
     with catalog.job("neighbours"):
         table = embedder.vectors(catalog)
         ids, vectors = table.load()
@@ -222,11 +242,11 @@ def link_neighbours(
         stored = current_links(catalog, embedder.embedder_id)
         known = np.isin(ids, stored.ids)
         use_ann = len(ids) > 0 and (method == "ann" or (method == "auto" and len(ids) > exact_limit))
-        find = _ann_finder(table, points) if use_ann else nearest
+        find = _ann_finder(table, points) if use_ann else search
         if rebuild or not known.any():
             mode, changed = "full", _full(find, points, stored)
         else:
-            mode, changed = "incremental", _incremental(find, points, known, stored)
+            mode, changed = "incremental", _incremental(find, search, points, known, stored)
         if len(ids) == 0 or (mode == "incremental" and known.all()):
             mode = "up-to-date"
         else:
@@ -265,13 +285,13 @@ def _full(find, points: Points, stored: Links) -> Links:
     return Links(points.ids[~same], found.ids[~same], found.similarity[~same])
 
 
-def _incremental(find, points: Points, known: np.ndarray, stored: Links) -> Links:
+def _incremental(find, search, points: Points, known: np.ndarray, stored: Links) -> Links:
     """Links of the new samples (against all), and of the old ones a new sample beats."""
     new, old = points.subset(~known), points.subset(known)
     found = _with_progress(find, new, points, "linking (new)")
     previous, _ = _lookup(stored, old.ids)
     challengers = _with_progress(
-        nearest, old, new, "linking (old vs new)", floor=np.nan_to_num(previous.similarity, nan=-np.inf)
+        search, old, new, "linking (old vs new)", floor=np.nan_to_num(previous.similarity, nan=-np.inf)
     )
     replace = beats(challengers.similarity, challengers.ids, previous.similarity, previous.neighbour_ids)
     return Links(

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from catalog.score import PassResult, PendingSample
-from scoring.batching import pack
+from catalog.score import PassKind, PassResult, PendingSample
+from scoring.batching import Batching, pack
 from scoring.losses import Past, Piece, extend
 from scoring.sequences import Sequence, SequenceBuilder, Unscorable
 
@@ -27,7 +27,7 @@ Emit = Callable[[list[PassResult], int], None]  # results of a batch, tokens run
 
 @dataclass(frozen=True)
 class _Pass:
-    kind: str
+    kind: PassKind
     sample_id: int
     neighbour_id: int | None
     sequence: Sequence
@@ -48,24 +48,11 @@ class PassRunner:
         model: the causal LM (eval mode, on its device).
         builder: builds the sequences (tokenizer, template, max length).
         pad_id: id used for padding (never attended to).
-        token_budget: padded tokens per batch (rows x longest row).
-        max_batch: rows per batch.
-        max_padding, min_tokens: how much padding a batch accepts (see batching.pack).
+        batching: how passes are packed into forward passes (see batching.pack).
     """
 
-    def __init__(
-        self,
-        model,
-        builder: SequenceBuilder,
-        pad_id: int,
-        token_budget: int,
-        max_batch: int,
-        max_padding: float,
-        min_tokens: int,
-    ) -> None:
-        self.model, self.builder, self.pad_id = model, builder, pad_id
-        self.token_budget, self.max_batch = token_budget, max_batch
-        self.max_padding, self.min_tokens = max_padding, min_tokens
+    def __init__(self, model, builder: SequenceBuilder, pad_id: int, batching: Batching) -> None:
+        self.model, self.builder, self.pad_id, self.batching = model, builder, pad_id, batching
 
     def run(self, targets: list[PendingSample], emit: Emit) -> None:
         """Compute every pass `targets` need, calling `emit` after each batch."""
@@ -84,9 +71,9 @@ class PassRunner:
             zero = self.builder.zero_shot(target.messages, target.fields)
             if target.need_zero:
                 if isinstance(zero, Sequence):
-                    plan.prefixes[target.sample_id] = _Pass("zero", target.sample_id, None, zero)
+                    plan.prefixes[target.sample_id] = _Pass(PassKind.ZERO, target.sample_id, None, zero)
                 else:
-                    plan.unscorable.append(PassResult("zero", target.sample_id, None, zero.status))
+                    plan.unscorable.append(PassResult(PassKind.ZERO, target.sample_id, None, zero.status))
             if not target.need_one:
                 continue
             one = (
@@ -97,10 +84,10 @@ class PassRunner:
                 )
             )
             if isinstance(one, Unscorable):  # too_long (the sample alone) or too_long_one_shot
-                plan.unscorable.append(PassResult("one", target.sample_id, target.neighbour_id, one.status))
+                plan.unscorable.append(PassResult(PassKind.ONE, target.sample_id, target.neighbour_id, one.status))
                 continue
             assert one.n_response == zero.n_response, "both passes must score the same response ids"
-            one_pass = _Pass("one", target.sample_id, target.neighbour_id, one)
+            one_pass = _Pass(PassKind.ONE, target.sample_id, target.neighbour_id, one)
             example = plan.prefixes.get(target.neighbour_id) or self._example_pass(target)
             if example is not None and one.ids[: len(example.sequence.ids)] == example.sequence.ids:
                 plan.prefixes[target.neighbour_id] = example
@@ -112,7 +99,7 @@ class PassRunner:
 
     def _example_pass(self, target: PendingSample) -> _Pass | None:
         zero = self.builder.zero_shot(target.neighbour_messages, target.neighbour_fields)
-        return _Pass("zero", target.neighbour_id, None, zero) if isinstance(zero, Sequence) else None
+        return _Pass(PassKind.ZERO, target.neighbour_id, None, zero) if isinstance(zero, Sequence) else None
 
     def _run_prefixes(self, prefixes: list[_Pass], continuations: dict, emit: Emit) -> None:
         """Run prefix batches; after each, the one-shot passes continuing its rows."""
@@ -144,12 +131,7 @@ class PassRunner:
         return sums, past, shared + sum(len(p.ids) for p in rest)
 
     def _batches(self, items: list, length: Callable) -> list[list]:
-        return [
-            [items[i] for i in batch]
-            for batch in pack(
-                [length(item) for item in items], self.token_budget, self.max_batch, self.max_padding, self.min_tokens
-            )
-        ]
+        return [[items[i] for i in batch] for batch in pack([length(item) for item in items], self.batching)]
 
 
 def _common_prefix(sequences: list[Sequence]) -> int:

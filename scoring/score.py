@@ -1,38 +1,56 @@
 """The score step: zero-shot and one-shot losses of every pool sample that lacks them.
 
 Only what is missing is computed: a zero-shot pass where a sample has none for the scorer,
-a one-shot pass where it has none for its current neighbour. Each batch's results are
-committed in their own transaction by a writer thread while the next batch computes; an
-interrupted run waits for the writes already queued, so it loses at most the batch in flight.
+a one-shot pass where it has none for its current neighbour. The pending pool is planned
+from ids (scoring.units) and each unit's messages are read when it runs. Results are
+committed by a patient writer thread while compute goes on (scoring.commits): in-process
+one transaction per batch, with Ray workers (scoring.ray_pool) one per unit. An interrupted
+run waits for the writes already queued, so it loses at most the work in flight.
 """
 
 from __future__ import annotations
 
+import platform
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+
+import numpy as np
 
 from catalog import Catalog
 from catalog.embed import find_embedder
 from catalog.score import (
+    PassKind,
     PassResult,
     PendingSample,
+    WorkerRow,
+    check_pool,
     finish_run,
-    pending_samples,
+    pending_rows,
+    plan_pool,
     register_scorer,
     save_results,
     start_run,
 )
-from scoring.device import pick_device, pick_dtype
-from scoring.models import choose_template, default_max_length, load_model, load_tokenizer, pad_id, resolve_model
+from scoring.batching import Batching, bytes_per_token, default_batching, gpu_token_budget
+from scoring.commits import PatientWriter, patiently
+from scoring.device import DTYPES, pick_device, pick_dtype
+from scoring.losses import HEAD_CHUNK
+from scoring.models import (
+    ModelSpec,
+    choose_template,
+    default_max_length,
+    load_model,
+    load_tokenizer,
+    pad_id,
+    resolve_model,
+)
 from scoring.passes import PassRunner
 from scoring.sequences import SequenceBuilder
+from scoring.templates import Template
+from scoring.units import plan_units, unit_size
 from terminal.progress import Meter
-
-CHUNK = 512  # samples whose passes are planned together (examples shared within a chunk)
-# (token budget, rows, padding slack, min tokens) per device: CPUs gain little from big batches
-# but pay ~40 ms per forward to stream the weights; GPUs gain a lot from big batches.
-BATCHING = {"cpu": (2048, 16, 0.1, 512), "cuda": (32768, 128, 0.5, 8192)}
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,146 @@ class ScoreResult:
     unscorable: int
     tokens_run: int
     seconds: float
+    workers: int = 1
+    compute_seconds: float = 0.0  # from every worker having loaded the model to the last result
+
+
+@dataclass(frozen=True)
+class ScorerSetup:
+    """Everything a process needs to compute a scorer's losses exactly as any other would
+    (sent to every Ray worker, which resolves `spec.source` itself and checks the fingerprint)."""
+
+    spec: ModelSpec
+    template: Template
+    max_length: int
+    dtype: str  # torch dtype name of the weights
+    batching: Batching
+    fit_memory: bool = False  # on a GPU, set the token budget from its free memory (no --token-budget given)
+
+
+class UnitScorer:
+    """The model loaded once, scoring units of pending samples.
+
+    Args:
+        setup: model, template, length limit, dtype and batch shape.
+        device: where it runs; with `gpus` > 1, the model is spread over that many GPUs
+            (device_map="auto") for models that do not fit one.
+    """
+
+    def __init__(self, setup: ScorerSetup, device: str, gpus: int = 1) -> None:
+        self.setup = setup
+        tokenizer = load_tokenizer(setup.spec)
+        self.builder = SequenceBuilder(tokenizer, setup.template, setup.max_length)
+        self.pad_id = pad_id(tokenizer)
+        dtype = DTYPES[setup.dtype]
+        self.model = load_model(setup.spec, device, dtype) if gpus == 1 else _load_spread(setup.spec, dtype)
+        self.batching = setup.batching
+        if setup.fit_memory and device.startswith("cuda"):
+            self.batching = replace(setup.batching, token_budget=_budget_for(self.model))
+
+    def run(self, rows: list[PendingSample], emit: Callable[[list[PassResult], int], None], halvings: int = 0) -> None:
+        """Every pass `rows` need; `halvings` times half the token budget and rows (retries after running out
+        of memory)."""
+        batching = self.batching
+        for _ in range(halvings):
+            batching = batching.halved()
+        PassRunner(self.model, self.builder, self.pad_id, batching).run(rows, emit)
+
+
+def _budget_for(model) -> int:
+    """The token budget the GPU's memory allows now that the weights are on it."""
+    import torch
+
+    config = model.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    per_token = bytes_per_token(
+        config.num_hidden_layers,
+        config.hidden_size,
+        getattr(config, "num_key_value_heads", None) or config.num_attention_heads,
+        head_dim,
+        config.intermediate_size,
+        model.dtype.itemsize,
+    )
+    free, _ = torch.cuda.mem_get_info(model.device)
+    return gpu_token_budget(free, 0, per_token, 2 * HEAD_CHUNK * config.vocab_size * 4)
+
+
+def _load_spread(spec: ModelSpec, dtype):
+    """The model's layers spread over every GPU this process sees (accelerate moves activations
+    between them); the LM head and log-softmax stay chunked (scoring.losses)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype, device_map="auto", local_files_only=True).eval()
+
+
+class UnitProgress:
+    """Counts the samples of a unit whose every needed pass has a result (for the progress bar)."""
+
+    def __init__(self, rows: list[PendingSample]) -> None:
+        self.needed = {
+            (p.sample_id, kind)
+            for p in rows
+            for kind, need in ((PassKind.ZERO, p.need_zero), (PassKind.ONE, p.need_one))
+            if need
+        }
+        self.remaining = {p.sample_id: p.need_zero + p.need_one for p in rows}
+
+    def done(self, results: list[PassResult]) -> int:
+        finished = 0
+        for result in results:  # an example's zero-shot pass may also serve a sample that had one
+            if (result.sample_id, result.kind) in self.needed:
+                self.needed.discard((result.sample_id, result.kind))
+                self.remaining[result.sample_id] -= 1
+                finished += self.remaining[result.sample_id] == 0
+        return finished
+
+
+@dataclass
+class RunTally:
+    """What a run has done so far: passes, unscorable passes, tokens, and since when it computes."""
+
+    passes: int = 0
+    unscorable: int = 0
+    tokens: int = 0
+    compute_started: float | None = None
+    compute_ended: float | None = None
+
+    def computing(self) -> None:
+        """Mark the end of loading: the model is in every worker."""
+        self.compute_started = time.monotonic()
+
+    @property
+    def compute_seconds(self) -> float:
+        if self.compute_started is None or self.compute_ended is None:
+            return 0.0
+        return self.compute_ended - self.compute_started
+
+    def add(self, results: list[PassResult], tokens: int) -> None:
+        self.compute_ended = time.monotonic()
+        self.passes += len(results)
+        self.unscorable += sum(r.status != "ok" for r in results)
+        self.tokens += tokens
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The catalog side of a run: where results go, and how unit rows are read."""
+
+    catalog: Catalog
+    scorer_id: int
+    embedder_id: int
+    run_id: int
+    writer: PatientWriter
+    meter: Meter
+    tally: RunTally
+
+    def rows(self, ids: np.ndarray) -> list[PendingSample]:
+        return self.writer.read(partial(pending_rows, self.catalog, self.scorer_id, self.embedder_id, ids))
+
+    def commit(self, results: list[PassResult], tokens: int, worker: WorkerRow, samples_done: int) -> None:
+        self.writer.submit(partial(save_results, self.catalog, self.scorer_id, self.run_id, results, tokens, worker))
+        self.tally.add(results, tokens)
+        self.meter.advance(samples_done, second=tokens)
 
 
 def score_catalog(
@@ -64,6 +222,9 @@ def score_catalog(
     limit: int | None = None,
     token_budget: int | None = None,
     max_batch: int | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    gpus_per_worker: int = 1,
 ) -> ScoreResult:
     """Compute the missing losses of `model` over the pool.
 
@@ -73,9 +234,13 @@ def score_catalog(
         embedder: whose neighbours are the one-shot examples (default: minilm, or the only one).
         template: "chat", "alpaca", "alpaca-lf" or a .jinja file (default: chat when the tokenizer has one).
         max_length: longest sequence (default: the model's context, at most 4096).
-        device, dtype: default CUDA + bfloat16 when present, else CPU + float32.
+        device, dtype: default CUDA + bfloat16 when present, else CPU + float32 (with Ray: the
+            workers' device, GPUs when the cluster offers them).
         dataset, limit: the pool: all samples, or one dataset; its first `limit` by sample_id.
         token_budget, max_batch: batch shape (defaults per device).
+        workers, ray_address: run on a pool of Ray workers: `workers` on this machine, or on the
+            cluster at `ray_address` ("auto": the one this machine belongs to). Neither: in-process.
+        gpus_per_worker: GPUs each Ray worker spreads its model over (models too big for one GPU).
     """
     started = time.monotonic()
     catalog.require()
@@ -83,109 +248,79 @@ def score_catalog(
     tokenizer = load_tokenizer(spec)
     template = choose_template(tokenizer, template)
     max_length = max_length or default_max_length(spec)
-    device = pick_device(device)
-    torch_dtype = pick_dtype(device, dtype)
-    dtype_name = str(torch_dtype).removeprefix("torch.")
     links = find_embedder(catalog, embedder)
-    with catalog.job("score"):
-        scorer = register_scorer(
-            catalog, spec.name, spec.source, spec.fingerprint, template.key, max_length, dtype_name
-        )
-        pool = pending_samples(catalog, scorer.scorer_id, links.embedder_id, dataset, limit)
-        recorder = None
-        if pool.pending:
-            run_id = start_run(catalog, scorer.scorer_id, links.embedder_id, device, pool.samples, len(pool.pending))
-            budget, rows, slack, min_tokens = BATCHING["cuda" if device.startswith("cuda") else "cpu"]
-            runner = PassRunner(
-                load_model(spec, device, torch_dtype),
-                SequenceBuilder(tokenizer, template, max_length),
-                pad_id(tokenizer),
-                token_budget or budget,
-                max_batch or rows,
-                slack,
-                min_tokens,
-            )
-            with (
-                Meter(f"scoring ({spec.name})", len(pool.pending), "samples", "tokens") as meter,
-                _Recorder(catalog, scorer.scorer_id, run_id, pool.pending, meter) as recorder,
-            ):
-                for chunk in _chunks(pool.pending, CHUNK):
-                    runner.run(chunk, recorder.emit)
-            finish_run(catalog, run_id)
-    passes, unscorable, tokens = (recorder.passes, recorder.unscorable, recorder.tokens) if recorder else (0, 0, 0)
+    check_pool(catalog, dataset)
+    cluster = None
+    if workers is not None or ray_address is not None:
+        from scoring.ray_pool import RayCluster
+
+        cluster = RayCluster.connect(workers, ray_address, gpus_per_worker, device)
+        device = cluster.device
+    else:
+        device = pick_device(device)
+    torch_dtype = pick_dtype(device, dtype)
+    setup = ScorerSetup(
+        spec,
+        template,
+        max_length,
+        str(torch_dtype).removeprefix("torch."),
+        default_batching(device).override(token_budget, max_batch),
+        fit_memory=token_budget is None,
+    )
+    try:
+        with catalog.job("score"):
+            key = (spec.name, spec.source, spec.fingerprint, template.key, max_length, setup.dtype)
+            scorer = patiently(partial(register_scorer, catalog, *key))
+            plan = plan_pool(catalog, scorer.scorer_id, links.embedder_id, dataset, limit)
+            tally = RunTally()
+            if len(plan.ids):
+                n_workers = cluster.workers if cluster else 1
+                run_id = patiently(
+                    lambda: start_run(
+                        catalog, scorer.scorer_id, links.embedder_id, device, plan.samples, len(plan.ids), n_workers
+                    )
+                )
+                units = plan_units(plan, unit_size(len(plan.ids), n_workers))
+                with (
+                    Meter(f"scoring ({spec.name})", len(plan.ids), "samples", "tokens") as meter,
+                    PatientWriter() as writer,
+                ):
+                    context = RunContext(catalog, scorer.scorer_id, links.embedder_id, run_id, writer, meter, tally)
+                    if cluster:
+                        cluster.score(setup, units, context)
+                    else:
+                        _score_here(setup, device, units, context)
+                patiently(lambda: finish_run(catalog, run_id))
+    finally:
+        if cluster:
+            cluster.close()
     return ScoreResult(
         spec.name,
         scorer.scorer_id,
         template.name,
         max_length,
         device,
-        pool.samples,
-        pool.not_linked,
-        len(pool.pending),
-        passes,
-        unscorable,
-        tokens,
+        plan.samples,
+        plan.not_linked,
+        len(plan.ids),
+        tally.passes,
+        tally.unscorable,
+        tally.tokens,
         time.monotonic() - started,
+        cluster.workers if cluster else 1,
+        tally.compute_seconds,
     )
 
 
-class _Recorder:
-    """Receives each batch's results: commits them on a writer thread (in order, one transaction
-    each), counts passes and tokens, and advances the progress bar by the samples completed.
-    Leaving the block waits for every queued write, also on Ctrl-C, so no finished batch is lost.
-    """
-
-    def __init__(
-        self, catalog: Catalog, scorer_id: int, run_id: int, pending: list[PendingSample], meter: Meter
-    ) -> None:
-        self.catalog, self.scorer_id, self.run_id, self.meter = catalog, scorer_id, run_id, meter
-        self.needed = {
-            (p.sample_id, kind) for p in pending for kind, need in (("zero", p.need_zero), ("one", p.need_one)) if need
-        }
-        self.remaining = {p.sample_id: p.need_zero + p.need_one for p in pending}
-        self.passes = self.unscorable = self.tokens = 0
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog-writer")
-        self.writes: list[Future] = []
-
-    def __enter__(self) -> _Recorder:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.writer.shutdown(wait=True)
-        for write in self.writes:
-            write.result()
-
-    def emit(self, results: list[PassResult], tokens_run: int) -> None:
-        self.writes.append(
-            self.writer.submit(save_results, self.catalog, self.scorer_id, self.run_id, results, tokens_run)
+def _score_here(setup: ScorerSetup, device: str, units: list[np.ndarray], context: RunContext) -> None:
+    """Score every unit in this process, committing each batch as it finishes."""
+    scorer = UnitScorer(setup, device)
+    worker = WorkerRow(0, platform.node(), device)
+    context.tally.computing()
+    for ids in units:
+        rows = context.rows(ids)
+        progress = UnitProgress(rows)
+        scorer.run(
+            rows,
+            lambda results, tokens, progress=progress: context.commit(results, tokens, worker, progress.done(results)),
         )
-        while self.writes and self.writes[0].done():
-            self.writes.pop(0).result()  # a failed write surfaces at once
-        done = 0
-        for result in results:  # an example's zero-shot pass may also serve a sample that had one
-            if (result.sample_id, result.kind) in self.needed:
-                self.needed.discard((result.sample_id, result.kind))
-                self.remaining[result.sample_id] -= 1
-                done += self.remaining[result.sample_id] == 0
-        self.passes += len(results)
-        self.unscorable += sum(r.status != "ok" for r in results)
-        self.tokens += tokens_run
-        self.meter.advance(done, second=tokens_run)
-
-
-def _chunks(pending: list[PendingSample], size: int) -> list[list[PendingSample]]:
-    """Chunks of samples that keep each sample with its neighbour where possible, so an example's
-    zero-shot pass serves the one-shot pass that continues it (components of the neighbour graph)."""
-    parent = {p.sample_id: p.sample_id for p in pending}
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for p in pending:
-        if p.neighbour_id in parent:
-            parent[root(p.sample_id)] = root(p.neighbour_id)
-    ordered = sorted(pending, key=lambda p: (root(p.sample_id), p.sample_id))
-    return [ordered[i : i + size] for i in range(0, len(ordered), size)]

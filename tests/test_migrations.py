@@ -112,6 +112,20 @@ def seed_0004(conn) -> None:
     )
 
 
+def seed_0005(conn) -> None:
+    """A second score run spread over two Ray workers, with each worker's share."""
+    db.execute(
+        conn,
+        """INSERT INTO score_run VALUES (2, 1, 1, 'cuda', 180, 10, 20, 4000, '2026-11-05 10:00:00',
+                        '2026-11-05 10:01:00', 2)""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO score_run_worker VALUES (2, 0, 'node-a', 'cuda:0', 12, 2500),
+                                               (2, 1, 'node-b', 'cuda:0', 8, 1500)""",
+    )
+
+
 def seed_0006(conn) -> None:
     """A scorer of the trainer-exact templates (revision 2, with the template's hash) beside the old one."""
     db.execute(
@@ -121,7 +135,14 @@ def seed_0006(conn) -> None:
     )
 
 
-SEEDS = {"0001": seed_0001, "0002": seed_0002, "0003": seed_0003, "0004": seed_0004, "0006": seed_0006}
+SEEDS = {
+    "0001": seed_0001,
+    "0002": seed_0002,
+    "0003": seed_0003,
+    "0004": seed_0004,
+    "0005": seed_0005,
+    "0006": seed_0006,
+}
 
 
 def revisions() -> list[tuple[str, str]]:
@@ -185,6 +206,18 @@ def test_scorers_from_before_0006_keep_their_losses_at_template_revision_1(tmp_p
 def test_every_revision_has_a_seed_so_the_next_one_is_tested_with_data():
     assert {previous for previous, _ in revisions()} <= set(SEEDS)
     assert migrate.head_revision() in SEEDS
+
+
+def test_0005_leaves_earlier_runs_without_a_worker_count(tmp_path):
+    path = tmp_path / "old"
+    create_at(path, "0004")
+    with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
+        for seed in (seed_0001, seed_0002, seed_0003, seed_0004):
+            seed(conn)
+    with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
+        migrate.upgrade(conn, "0005")
+        assert db.execute(conn, "SELECT run_id, workers FROM score_run") == [(1, None)]
+        assert db.execute(conn, "SELECT count(*) FROM score_run_worker") == [(0,)]
 
 
 def test_opening_an_old_catalog_upgrades_it_to_head(tmp_path):

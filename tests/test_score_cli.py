@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from catalog import Catalog, db
+from catalog.score import register_scorer
 from tests.conftest import REPO, fixture_records, write_jsonl
 
 
@@ -211,3 +212,64 @@ def test_score_before_embed_says_what_to_run(tmp_path, cli_run):
     cli_run("ingest", write_jsonl(tmp_path / "rows.jsonl", fixture_records()[:3]))
     result = cli_run("score", "--model", "smollm2-135m")
     assert result.exit_code == 1 and "run `python cli.py embed` first" in result.output
+
+
+def test_a_refused_score_writes_nothing_and_an_empty_scorer_is_never_the_default(tmp_path, cli_run, catalog_dir):
+    prepare(tmp_path, cli_run, fixture_records()[:12])
+    refused = cli_run("score", "--model", "smollm2-135m", "--dataset", "no-such-dataset")
+    assert refused.exit_code == 1 and "no dataset 'no-such-dataset'" in refused.output
+    with Catalog(catalog_dir).read() as conn:
+        assert db.execute(conn, "SELECT count(*) FROM scorer")[0][0] == 0
+    assert cli_run("score", "--model", "smollm2-135m").exit_code == 0
+    # What a run stopped before its first commit leaves: a newer scorer of the model with no losses.
+    register_scorer(Catalog(catalog_dir), "smollm2-135m", "elsewhere.gguf", "f" * 64, "chat", 64, "float32")
+    selected = cli_run("select", "--model", "smollm2-135m", "--top-k", "3", "--out", tmp_path / "top.jsonl")
+    assert selected.exit_code == 0, selected.output
+    assert "eligible 12" in selected.output and "selected 3" in selected.output
+
+
+HOLD_READ = """
+import sys, duckdb
+connection = duckdb.connect(sys.argv[1], read_only=True)
+print("holding", flush=True)
+sys.stdin.readline()  # until the test has seen the writer wait
+"""
+
+
+def test_score_waits_for_a_long_reader_and_stores_everything(tmp_path, catalog_dir, cli_run):
+    """A read-only query holding the catalog longer than the busy timeout delays commits, never kills the run."""
+    prepare(tmp_path, cli_run, fixture_records()[::15])  # 12 rows
+    env = {**os.environ, "MIWV_CATALOG": str(catalog_dir), "MIWV_BUSY_TIMEOUT": "1"}
+    command = [sys.executable, str(REPO / "cli.py"), "score", "--model", "smollm2-135m", "--max-batch", "4"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    catalog = Catalog(catalog_dir, busy_timeout=30)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.5)
+        with catalog.read() as conn:
+            if db.execute(conn, "SELECT count(*) FROM zero_shot_loss")[0][0]:
+                break
+    assert process.poll() is None, "score finished before the reader came"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", HOLD_READ, str(catalog_dir / "catalog.duckdb")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdout.readline().strip() == "holding"
+    waited = ""
+    for line in process.stderr:  # the reader holds on until the writer has waited past the busy timeout
+        if "waiting for the catalog" in line:
+            waited = line
+            break
+    reader.communicate("release\n")
+    stdout, _ = process.communicate(timeout=900)
+    assert process.returncode == 0
+    assert f"waiting for the catalog (catalog {catalog_dir} is busy: process {reader.pid}" in waited
+    assert "pool 12, 12 needed passes" in stdout
+    with catalog.read() as conn:
+        zeros, ones = db.execute(
+            conn, "SELECT (SELECT count(*) FROM zero_shot_loss), (SELECT count(*) FROM one_shot_loss)"
+        )[0]
+        finished = db.execute(conn, "SELECT finished_at IS NOT NULL FROM score_run")[0][0]
+    assert ones == 12 and zeros >= 12 and finished
