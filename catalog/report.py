@@ -23,7 +23,7 @@ class Report:
     files: list[Path]
 
 
-_SUMMARY = """
+SUMMARY_SQL = """
     WITH scored AS (
         SELECT m.*, unnest(s.datasets) AS dataset
         FROM miwv_scores m JOIN samples s USING (sample_id)
@@ -52,7 +52,7 @@ def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str,
     """Write summary.md, miwv_histogram.png and losses.png to `out_dir`."""
     params = {"scorer": scorer_id, "embedder": embedder_id}
     with catalog.read() as conn:
-        summary = db.records(conn, _SUMMARY, {**params, "all": ALL})
+        summary = db.records(conn, SUMMARY_SQL, {**params, "all": ALL})
         points = db.records(
             conn,
             """

@@ -1,0 +1,98 @@
+"""The zero-shot and one-shot inputs of a sample as a scorer's model saw them.
+
+The one module of the web package that calls into scoring/: it rebuilds the token ids the
+scorer builds (the scorer's tokenizer, template and max length) and decodes them for display,
+the scored response ids token by token.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+from scoring.lm import load_tokenizer
+from scoring.models import resolve_model
+from scoring.sequences import SequenceBuilder, Unscorable
+
+Messages = tuple[tuple[str, str], ...]
+MAX_SHOWN_TOKENS = 2000  # response tokens shown one by one; the rest as one piece
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass's input: the prompt text and the scored response tokens, or why it cannot run."""
+
+    status: str  # "ok", "too_long", "too_long_one_shot"
+    prompt: str = ""
+    response: tuple[tuple[int | None, str], ...] = ()  # (token id, its text); None: the rest, past MAX_SHOWN_TOKENS
+    n_prompt: int = 0
+    example_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Inputs:
+    zero: Pass
+    one: Pass | None  # None: no neighbour
+    warning: str | None = None  # e.g. the model files changed since it scored
+
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _builder(model: str, template: str, max_length: int) -> tuple[SequenceBuilder, str]:
+    spec = resolve_model(model)
+    return SequenceBuilder(load_tokenizer(spec), template, max_length), spec.fingerprint
+
+
+def model_inputs(
+    model: str, fingerprint: str, template: str, max_length: int, messages: Messages, example: Messages | None
+) -> Inputs:
+    """Both passes of a sample for the scorer (model, template, max_length) that scored it.
+
+    Raises UserError when the model's files are not here any more (the page says so).
+    """
+    with _lock:  # a tokenizer loads once, even when two pages ask at the same moment
+        builder, current = _builder(model, template, max_length)
+    warning = None
+    if current != fingerprint:
+        warning = (
+            f"the files of {model} changed since it scored this sample; these inputs are rebuilt "
+            "with the current tokenizer"
+        )
+    zero = _render(builder, builder.zero_shot(messages))
+    one = _render(builder, builder.one_shot(messages, example)) if example else None
+    return Inputs(zero, one, warning)
+
+
+def _render(builder: SequenceBuilder, sequence) -> Pass:
+    if isinstance(sequence, Unscorable):
+        return Pass(sequence.status)
+    tokenizer = builder.tokenizer
+    prompt_ids = sequence.ids[: -sequence.n_response]
+    response_ids = sequence.ids[-sequence.n_response :]
+    return Pass(
+        "ok",
+        tokenizer.decode(prompt_ids),
+        _pieces(tokenizer, response_ids),
+        len(prompt_ids),
+        sequence.example_truncated,
+    )
+
+
+def _pieces(tokenizer, ids: list[int]) -> tuple[tuple[int | None, str], ...]:
+    """Each id with the text it adds. A character split over several byte-level tokens is shown
+    with the token that completes it."""
+    shown_ids, rest = ids[:MAX_SHOWN_TOKENS], ids[MAX_SHOWN_TOKENS:]
+    pieces, shown = [], ""
+    for k, token in enumerate(shown_ids):
+        text = tokenizer.decode(shown_ids[: k + 1])
+        if text.endswith("\ufffd"):
+            pieces.append((token, ""))
+            continue
+        pieces.append((token, text[len(shown) :] if text.startswith(shown) else tokenizer.decode([token])))
+        shown = text
+    if rest:
+        pieces.append((None, tokenizer.decode(ids)[len(shown) :]))
+    return tuple(pieces)
