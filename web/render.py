@@ -45,6 +45,8 @@ def cell(value: Any) -> str:
         return ", ".join(value)
     if isinstance(value, list | dict):
         return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
     return number(value)
 
 
