@@ -62,7 +62,7 @@ def inline(sql: str, params: dict[str, Any] | None = None) -> str:
 
 def fetch(conn: sa.Connection, name: str, sql: str, params: dict[str, Any] | None = None) -> Table:
     """Run `sql` (our own statement) with `params` inlined; the Table keeps the text that ran."""
-    text = _tidy(inline(sql, params))
+    text = inline(_tidy(sql), params)
     return _table(name, text, db.query_arrow(conn, text))
 
 

@@ -52,12 +52,11 @@ def samples(request: Request) -> Response:
         datasets = ex.dataset_names(conn)
         try:
             query = _sample_query(request)
-            if wants_download(request):
-                return download(ex.samples_download(conn, key, query), wants_download(request)[1])
+            asked = wants_download(request)
+            if asked:
+                return download(ex.samples_download(conn, key, query), asked[1])
             result = ex.samples_page(conn, key, query)
-        except ex.NotFound:
-            raise
-        except UserError as problem:
+        except UserError as problem:  # a bad filter: said on the page, with the form to fix it
             error = str(problem)
     return page(
         request,

@@ -5,6 +5,8 @@ as four datasets plus a hostile sample, MiniLM neighbours, SmolLM2 scores under 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,9 +37,17 @@ def run_cli(catalog: Path, *args: str) -> str:
 
 @pytest.fixture(scope="session")
 def explored(tmp_path_factory) -> Path:
-    """The catalog directory (scorers 1: chat, 2: alpaca, 3: chat with max length 96)."""
+    """The catalog directory (scorers 1: chat, 2: alpaca, 3: chat with max length 96).
+
+    MIWV_WEB_TEST_CATALOG=DIR builds it in DIR once and reuses it on later runs (a copy is
+    used, so tests that add a selection leave DIR as it was); it takes minutes to score.
+    """
     root = tmp_path_factory.mktemp("web")
     catalog = root / "catalog"
+    kept = os.environ.get("MIWV_WEB_TEST_CATALOG")
+    if kept and (Path(kept) / "catalog.duckdb").exists():
+        shutil.copytree(kept, catalog)
+        return catalog
     records = fixture_records()
     for name, (start, end) in DATASETS.items():
         run_cli(catalog, "ingest", str(write_jsonl(root / f"{name}.jsonl", records[start:end])), "--dataset", name)
@@ -51,6 +61,8 @@ def explored(tmp_path_factory) -> Path:
     run_cli(catalog, "select", "--model", MODEL, "--scorer", "1", "--top-k", "8", "--where", scored)
     run_cli(catalog, "select", "--model", MODEL, "--scorer", "1", "--top-k", "8", "--strategy", "zero-shot-loss",
             "--where", scored)  # fmt: skip
+    if kept:
+        shutil.copytree(catalog, kept, dirs_exist_ok=True)
     return catalog
 
 

@@ -49,7 +49,7 @@ def test_overview_shows_the_status_facts(client: TestClient, explored: Path) -> 
     scores = jsonl(client.get("/?download=scores&format=jsonl"))
     assert {(r["scorer_id"], r["scored"]) for r in scores} == {
         (r["scorer_id"], r["n"])
-        for r in sql(explored, "SELECT scorer_id, count(*) AS n FROM miwv_scores WHERE status = 'ok' GROUP BY 1")
+        for r in sql(explored, "SELECT scorer_id, count_if(status = 'ok') AS n FROM miwv_scores GROUP BY 1")
     }
     runs = jsonl(client.get("/?download=score_runs&format=jsonl"))
     expected_runs = sql(explored, "SELECT run_id FROM score_run ORDER BY 1 DESC")
