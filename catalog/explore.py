@@ -199,8 +199,8 @@ STATUS_SQL = """
 
 HISTOGRAM_SQL = """
     WITH scored AS (
-        SELECT m.miwv, unnest(s.datasets) AS dataset
-        FROM miwv_scores m JOIN samples s USING (sample_id)
+        SELECT m.miwv, d.dataset
+        FROM miwv_scores m JOIN membership d USING (sample_id)
         WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'
     ),
     bounds AS (SELECT min(miwv) AS lo, greatest(max(miwv) - min(miwv), 1e-9) / $bins AS width FROM scored)
@@ -210,12 +210,12 @@ HISTOGRAM_SQL = """
     GROUP BY ALL ORDER BY bin, dataset
 """
 
+# A fixed pseudo-random subset (by hash of sample_id); their texts come from a second statement.
 POINTS_SQL = """
-    SELECT m.sample_id, s.datasets[1] AS dataset, m.zero_shot_loss, m.one_shot_loss, m.miwv,
-           left(s.user_text, 200) AS user_text
-    FROM miwv_scores m JOIN samples s USING (sample_id)
-    WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'
-    ORDER BY hash(m.sample_id), m.sample_id
+    SELECT sample_id, zero_shot_loss, one_shot_loss, miwv
+    FROM miwv_scores
+    WHERE scorer_id = $scorer AND embedder_id = $embedder AND status = 'ok'
+    ORDER BY hash(sample_id), sample_id
     LIMIT $limit
 """
 
@@ -233,7 +233,7 @@ def model_tables(
         "summary": fetch(conn, "summary", SUMMARY_SQL, {**_of(key), "all": ALL}),
         "status": fetch(conn, "status", STATUS_SQL, _of(key)),
         "histogram": fetch(conn, "histogram", HISTOGRAM_SQL, {**_of(key), "bins": bins}),
-        "points": fetch(conn, "points", POINTS_SQL, {**_of(key), "limit": points}),
+        "points": _with_texts(conn, fetch(conn, "points", POINTS_SQL, {**_of(key), "limit": points})),
     }
 
 
@@ -338,6 +338,13 @@ def _page_texts(conn: sa.Connection, sample_ids: list[int]) -> Table:
     text = _tidy(PAGE_TEXTS_SQL).replace("$ids", ", ".join(str(int(i)) for i in sample_ids) or "NULL")
     found = {row["sample_id"]: row for row in db.records(conn, text)}
     return Table("texts", text, ["sample_id", "datasets", "user_text", "response"], [found[i] for i in sample_ids])
+
+
+def _with_texts(conn: sa.Connection, table: Table) -> Table:
+    """`table` with each row's first dataset and texts added (read for its ids alone)."""
+    texts = _page_texts(conn, [row["sample_id"] for row in table.rows])
+    rows = [{**row, **text, "dataset": text["datasets"][0]} for row, text in zip(table.rows, texts.rows, strict=True)]
+    return Table(table.name, f"{table.sql};\n\n{texts.sql};", [*table.columns, "dataset", "user_text"], rows)
 
 
 def samples_download(conn: sa.Connection, key: ScoreKey, query: SampleQuery) -> Table:
