@@ -53,13 +53,13 @@ def explored(tmp_path_factory) -> Path:
         run_cli(catalog, "ingest", str(write_jsonl(root / f"{name}.jsonl", records[start:end])), "--dataset", name)
     run_cli(catalog, "ingest", str(write_jsonl(root / "hostile.jsonl", [HOSTILE])), "--dataset", "hostile")
     run_cli(catalog, "embed")
-    run_cli(catalog, "score", "--model", MODEL, "--limit", "20")
+    run_cli(catalog, "score", "--model", MODEL, "--limit", "10")
     run_cli(catalog, "score", "--model", MODEL, "--dataset", "hostile")
-    run_cli(catalog, "score", "--model", MODEL, "--template", "alpaca", "--limit", "10")
-    run_cli(catalog, "score", "--model", MODEL, "--max-length", "96", "--limit", "12")
+    run_cli(catalog, "score", "--model", MODEL, "--template", "alpaca", "--limit", "5")
+    run_cli(catalog, "score", "--model", MODEL, "--max-length", "96", "--limit", "8")
     scored = "sample_id IN (SELECT sample_id FROM miwv_scores WHERE scorer_id = 1)"
-    run_cli(catalog, "select", "--model", MODEL, "--scorer", "1", "--top-k", "8", "--where", scored)
-    run_cli(catalog, "select", "--model", MODEL, "--scorer", "1", "--top-k", "8", "--strategy", "zero-shot-loss",
+    run_cli(catalog, "select", "--model", MODEL, "--scorer", "1", "--top-k", "5", "--where", scored)
+    run_cli(catalog, "select", "--model", MODEL, "--scorer", "1", "--top-k", "5", "--strategy", "zero-shot-loss",
             "--where", scored)  # fmt: skip
     if kept:
         shutil.copytree(catalog, kept, dirs_exist_ok=True)

@@ -66,6 +66,7 @@
 
     svg.addEventListener("mousedown", (event) => {
       if (event.button !== 0) return;
+      svg.dataset.dragged = "0"; // a page restored from the back-forward cache keeps the last drag's flag
       start = point(event);
       rect = document.createElementNS(SVG, "rect");
       rect.setAttribute("class", "brush");
