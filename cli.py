@@ -492,6 +492,19 @@ def report(catalog: Catalog, model: str, embedder: str | None, scorer_id: int | 
 
 
 @cli.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to listen on (default: this machine only)."
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.pass_obj
+def serve(catalog: Catalog, host: str, port: int) -> None:
+    """Explore the catalog in a browser: samples, neighbours, scores, selections (read-only)."""
+    from web.app import serve as serve_app
+
+    serve_app(catalog, host, port)
+
+
+@cli.command()
 @click.pass_obj
 def upgrade(catalog: Catalog) -> None:
     """Apply pending schema migrations (every command that writes also does this when it opens the catalog)."""

@@ -24,7 +24,7 @@ class Report:
     scorer: str  # which scorer and template the losses come from
 
 
-_SUMMARY = """
+SUMMARY_SQL = """
     WITH scored AS (
         SELECT m.*, unnest(s.datasets) AS dataset
         FROM miwv_scores m JOIN samples s USING (sample_id)
@@ -53,7 +53,7 @@ def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str,
     """Write summary.md, miwv_histogram.png and losses.png to `out_dir`."""
     params = {"scorer": scorer_id, "embedder": embedder_id}
     with catalog.read() as conn:
-        summary = db.records(conn, _SUMMARY, {**params, "all": ALL})
+        summary = db.records(conn, SUMMARY_SQL, {**params, "all": ALL})
         template, revision = db.execute(
             conn, "SELECT template, template_revision FROM scorer WHERE scorer_id = $scorer", {"scorer": scorer_id}
         )[0]

@@ -17,21 +17,8 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
         status = {
             "catalog": str(catalog.path.resolve()),
             "samples": db.execute(conn, "SELECT count(*) FROM sample")[0][0],
-            "datasets": db.records(
-                conn,
-                """
-                SELECT dataset, count(*) AS samples, count(*) FILTER (WHERE exclusive) AS only_here
-                FROM (SELECT dataset, count(*) OVER (PARTITION BY sample_id) = 1 AS exclusive FROM membership)
-                GROUP BY dataset ORDER BY dataset""",
-            ),
-            "ingests": db.records(
-                conn,
-                """
-                SELECT ingest_id, dataset, path, parse_filename(path) AS file, record_shape,
-                       rows_read, rows_new, rows_duplicate, rows_rejected,
-                       strftime(finished_at, '%Y-%m-%d %H:%M:%S') AS finished_at
-                FROM ingest_batch ORDER BY ingest_id""",
-            ),
+            "datasets": db.records(conn, DATASETS_SQL),
+            "ingests": db.records(conn, INGESTS_SQL),
             "embedders": [
                 {
                     **row,
@@ -39,20 +26,9 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
                     "not_linked": max(0, embedded[row["embedder_id"]] - row["linked"] - row["without_neighbour"]),
                     "vectors_missing": max(0, row["linked"] + row["without_neighbour"] - embedded[row["embedder_id"]]),
                 }
-                for row in db.records(
-                    conn,
-                    """
-                SELECT e.embedder_id, e.name, e.pooling, e.dimension,
-                       count(l.neighbour_id) AS linked,
-                       count(l.sample_id) - count(l.neighbour_id) AS without_neighbour,
-                       (SELECT count(*) FROM neighbour_link c WHERE c.embedder_id = e.embedder_id
-                          AND c.run_id = (SELECT max(run_id) FROM neighbour_run r WHERE r.embedder_id = e.embedder_id)
-                       ) AS changed_in_last_run
-                FROM embedder e LEFT JOIN neighbour_link l USING (embedder_id)
-                GROUP BY ALL ORDER BY e.embedder_id""",
-                )
+                for row in db.records(conn, EMBEDDERS_SQL)
             ],
-            "scores": db.records(conn, _SCORES),
+            "scores": db.records(conn, SCORES_SQL),
         }
     status["advice"] = [
         f"embedder {row['name']}: {row['vectors_missing']} linked samples have no vector in "
@@ -63,10 +39,36 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
     return status
 
 
+# The statements behind the summary (public: the web overview shows them next to their tables).
+DATASETS_SQL = """
+    SELECT dataset, count(*) AS samples, count(*) FILTER (WHERE exclusive) AS only_here
+    FROM (SELECT dataset, count(*) OVER (PARTITION BY sample_id) = 1 AS exclusive FROM membership)
+    GROUP BY dataset ORDER BY dataset
+"""
+
+INGESTS_SQL = """
+    SELECT ingest_id, dataset, path, parse_filename(path) AS file, record_shape,
+           rows_read, rows_new, rows_duplicate, rows_rejected,
+           strftime(finished_at, '%Y-%m-%d %H:%M:%S') AS finished_at
+    FROM ingest_batch ORDER BY ingest_id
+"""
+
+# Per embedder: linked samples; `embedded` and `not_linked` are added from its LanceDB table.
+EMBEDDERS_SQL = """
+    SELECT e.embedder_id, e.name, e.pooling, e.dimension,
+           count(l.neighbour_id) AS linked,
+           count(l.sample_id) - count(l.neighbour_id) AS without_neighbour,
+           (SELECT count(*) FROM neighbour_link c WHERE c.embedder_id = e.embedder_id
+              AND c.run_id = (SELECT max(run_id) FROM neighbour_run r WHERE r.embedder_id = e.embedder_id)
+           ) AS changed_in_last_run
+    FROM embedder e LEFT JOIN neighbour_link l USING (embedder_id)
+    GROUP BY ALL ORDER BY e.embedder_id
+"""
+
 # Per scorer and embedder it ran with, over linked samples: MIWV defined (scored), never will be
 # (unscorable: too long, no neighbour), one-shot only for an earlier neighbour (stale: the
 # neighbour changed since), or not scored yet.
-_SCORES = """
+SCORES_SQL = """
     WITH pairs AS (SELECT DISTINCT scorer_id, embedder_id FROM score_run),
          any_one_shot AS (SELECT DISTINCT sample_id, scorer_id FROM one_shot_loss),
          states AS (

@@ -1,0 +1,589 @@
+"""The SQL behind the web explorer's pages.
+
+Every statement is run with its values inlined as SQL literals, so the text a page shows
+under a table is exactly the text that ran, and a user can paste it into `cli.py sql`.
+Each function takes one read-only connection (opened per page request: a page reads one
+consistent state, and the next request sees whatever a running job has committed since).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from catalog import db, migrate
+from catalog.datasets import require_dataset
+from catalog.errors import UserError
+from catalog.query import run_read_only
+from catalog.report import ALL, SUMMARY_SQL
+from catalog.status import DATASETS_SQL, EMBEDDERS_SQL, INGESTS_SQL, SCORES_SQL, catalog_status
+from catalog.store import Catalog
+
+
+class NotFound(UserError):
+    """A model, sample or selection the catalog does not have (the web answers 404)."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of one statement, with the statement itself."""
+
+    name: str  # short, for download links
+    sql: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
+def literal(value: Any) -> str:
+    """`value` as an SQL literal. Floats go through their shortest round-trip text, so a value
+    read from the catalog compares equal to itself when it comes back in a keyset cursor."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return f"'{value!r}'::DOUBLE"
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
+
+
+def inline(sql: str, params: dict[str, Any] | None = None) -> str:
+    """`sql` with each $name replaced by the literal of params[name]."""
+    params = params or {}
+    return re.sub(r"\$(\w+)", lambda match: literal(params[match.group(1)]), sql)
+
+
+def fetch(conn: sa.Connection, name: str, sql: str, params: dict[str, Any] | None = None) -> Table:
+    """Run `sql` (our own statement) with `params` inlined; the Table keeps the text that ran."""
+    text = inline(_tidy(sql), params)
+    return _table(name, text, db.query_arrow(conn, text))
+
+
+def _table(name: str, text: str, arrow) -> Table:
+    return Table(name, text, arrow.column_names, arrow.to_pylist())
+
+
+def _tidy(sql: str) -> str:
+    """Statements as shown: dedented, no blank lines at either end."""
+    lines = sql.strip("\n").splitlines()
+    indent = min((len(line) - len(line.lstrip()) for line in lines if line.strip()), default=0)
+    return "\n".join(line[indent:] for line in lines).strip()
+
+
+def require_current_schema(catalog: Catalog) -> None:
+    """Refuse a catalog that would need a migration: the explorer never writes."""
+    catalog.require()
+    with db.connect(catalog.db_path, read_only=True, busy_timeout=catalog.busy_timeout) as conn:
+        revision = migrate.current_revision(conn)
+    migrate.check_known(revision, catalog.path)
+    if revision != migrate.head_revision():
+        raise UserError(
+            f"catalog {catalog.path} is at schema revision {revision}, this version reads {migrate.head_revision()}; "
+            f"run `python cli.py --catalog {catalog.path} upgrade` first (the explorer opens it read-only)"
+        )
+
+
+# ---- the overview -------------------------------------------------------------------------
+
+SCORE_RUNS_SQL = """
+    SELECT r.run_id, sc.model, sc.template, sc.max_length, e.name AS embedder, r.device, r.pool,
+           r.samples, r.passes, r.tokens_run,
+           strftime(r.started_at, '%Y-%m-%d %H:%M:%S') AS started_at,
+           coalesce(strftime(r.finished_at, '%Y-%m-%d %H:%M:%S'), 'interrupted') AS finished_at,
+           round(epoch(r.finished_at - r.started_at), 1) AS seconds
+    FROM score_run r JOIN scorer sc USING (scorer_id) JOIN embedder e USING (embedder_id)
+    ORDER BY r.run_id DESC LIMIT $limit
+"""
+
+NEIGHBOUR_RUNS_SQL = """
+    SELECT r.run_id, e.name AS embedder, r.method, r.mode, r.samples, r.new_samples, r.links_changed,
+           strftime(r.finished_at, '%Y-%m-%d %H:%M:%S') AS finished_at,
+           round(epoch(r.finished_at - r.started_at), 1) AS seconds
+    FROM neighbour_run r JOIN embedder e USING (embedder_id)
+    ORDER BY r.run_id DESC LIMIT $limit
+"""
+
+
+def overview(catalog: Catalog, runs: int = 10) -> tuple[int, dict[str, Table]]:
+    """The facts of `cli.py status` (sample count, and its tables with their statements), then the
+    last score and neighbour runs, newest first."""
+    facts = catalog_status(catalog)
+    lance = "-- embedded, not_linked: counted from the embedder's LanceDB table (vectors/embedder_<id>)\n"
+    tables = {
+        name: Table(name, _tidy(sql), list(facts[name][0]) if facts[name] else [], facts[name])
+        for name, sql in (
+            ("datasets", DATASETS_SQL),
+            ("embedders", lance + _tidy(EMBEDDERS_SQL)),
+            ("scores", SCORES_SQL),
+            ("ingests", INGESTS_SQL),
+        )
+    }
+    with catalog.read() as conn:
+        tables["score_runs"] = fetch(conn, "score_runs", SCORE_RUNS_SQL, {"limit": runs})
+        tables["neighbour_runs"] = fetch(conn, "neighbour_runs", NEIGHBOUR_RUNS_SQL, {"limit": runs})
+    return facts["samples"], tables
+
+
+# ---- which scores a page shows ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreKey:
+    """One model's scores: a scorer (model, template, max length, dtype) with one embedder's neighbours."""
+
+    model: str
+    scorer_id: int
+    embedder_id: int
+    embedder: str
+    template: str
+    max_length: int
+    dtype: str
+
+
+SCORE_KEYS_SQL = """
+    SELECT sc.model, r.scorer_id, r.embedder_id, e.name AS embedder, sc.template, sc.max_length, sc.dtype
+    FROM score_run r JOIN scorer sc USING (scorer_id) JOIN embedder e USING (embedder_id)
+    GROUP BY ALL ORDER BY max(r.run_id) DESC
+"""
+
+
+def score_keys(conn: sa.Connection) -> list[ScoreKey]:
+    """Every (scorer, embedder) pair that has a score run, the most recently run first."""
+    return [ScoreKey(**row) for row in db.records(conn, SCORE_KEYS_SQL)]
+
+
+def find_scores(
+    conn: sa.Connection, model: str | None, scorer_id: int | None = None, embedder_id: int | None = None
+) -> ScoreKey:
+    """The most recently run scores of `model` (narrowed by scorer and embedder ids; any model
+    when None); NotFound otherwise."""
+    keys = score_keys(conn)
+    matches = [
+        k
+        for k in keys
+        if model in (None, k.model) and scorer_id in (None, k.scorer_id) and embedder_id in (None, k.embedder_id)
+    ]
+    if not matches:
+        known = ", ".join(sorted({k.model for k in keys})) or "none"
+        narrowed = "".join(
+            f" {name} {value}" for name, value in (("scorer", scorer_id), ("embedder", embedder_id)) if value
+        )
+        raise NotFound(
+            f"no scores for {f'model {model!r}' if model else 'any model'}{narrowed}; scored models: {known}"
+        )
+    return matches[0]
+
+
+def _of(key: ScoreKey) -> dict[str, int]:
+    return {"scorer": key.scorer_id, "embedder": key.embedder_id}
+
+
+def dataset_names(conn: sa.Connection) -> list[str]:
+    return [row[0] for row in db.execute(conn, "SELECT DISTINCT dataset FROM membership ORDER BY 1")]
+
+
+# ---- a model ------------------------------------------------------------------------------
+
+STATUS_SQL = """
+    SELECT status, count(*) AS samples
+    FROM miwv_scores WHERE scorer_id = $scorer AND embedder_id = $embedder
+    GROUP BY status ORDER BY samples DESC
+"""
+
+HISTOGRAM_SQL = """
+    WITH scored AS (
+        SELECT m.miwv, d.dataset
+        FROM miwv_scores m JOIN membership d USING (sample_id)
+        WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'
+    ),
+    bounds AS (SELECT min(miwv) AS lo, greatest(max(miwv) - min(miwv), 1e-9) / $bins AS width FROM scored)
+    SELECT dataset, least(floor((miwv - lo) / width), $bins - 1)::INTEGER AS bin,
+           lo + width * least(floor((miwv - lo) / width), $bins - 1) AS bin_start, width, count(*) AS samples
+    FROM scored, bounds
+    GROUP BY ALL ORDER BY bin, dataset
+"""
+
+# A fixed pseudo-random subset (by hash of sample_id); their texts come from a second statement.
+POINTS_SQL = """
+    SELECT sample_id, zero_shot_loss, one_shot_loss, miwv
+    FROM miwv_scores
+    WHERE scorer_id = $scorer AND embedder_id = $embedder AND status = 'ok'
+    ORDER BY hash(sample_id), sample_id
+    LIMIT $limit
+"""
+
+
+HISTOGRAM_BINS = 40
+SCATTER_POINTS = 1500
+
+
+def model_tables(
+    conn: sa.Connection, key: ScoreKey, bins: int = HISTOGRAM_BINS, points: int = SCATTER_POINTS
+) -> dict[str, Table]:
+    """Per-dataset summary (the `report` statement), status counts, histogram bins, and a fixed
+    pseudo-random subset of (L_zero, L_one) points for the scatter plot."""
+    return {
+        "summary": fetch(conn, "summary", SUMMARY_SQL, {**_of(key), "all": ALL}),
+        "status": fetch(conn, "status", STATUS_SQL, _of(key)),
+        "histogram": fetch(conn, "histogram", HISTOGRAM_SQL, {**_of(key), "bins": bins}),
+        "points": _with_texts(conn, fetch(conn, "points", POINTS_SQL, {**_of(key), "limit": points})),
+    }
+
+
+# ---- one model's samples, keyset-paged ----------------------------------------------------
+
+SORTS = {
+    "miwv": "m.miwv",
+    "zero_shot_loss": "m.zero_shot_loss",
+    "one_shot_loss": "m.one_shot_loss",
+    "similarity": "m.similarity",
+    "n_response_tokens": "m.n_response_tokens",
+}
+RANGES = ("miwv", "zero_shot_loss", "one_shot_loss", "similarity")
+STATUSES = ("ok", "too_long", "too_long_one_shot", "no_neighbour")
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A row's position in the order: its sort value and sample_id (URL form: VALUE_ID)."""
+
+    value: float | int | None
+    sample_id: int
+
+    def token(self) -> str:
+        return f"{self.value!r}_{self.sample_id}"
+
+    @classmethod
+    def parse(cls, text: str) -> Cursor:
+        value, _, sample_id = text.partition("_")
+        try:
+            number = None if value == "None" else float(value) if any(c in value for c in ".en") else int(value)
+            return cls(number, int(sample_id))
+        except ValueError:
+            raise UserError(f"bad page cursor {text!r}; start from the first page") from None
+
+
+@dataclass(frozen=True)
+class SampleQuery:
+    """Which of one model's samples, in what order. `after` / `before` page forward / back."""
+
+    sort: str = "miwv"
+    descending: bool = True
+    dataset: str | None = None
+    status: str | None = None
+    search: str | None = None  # a substring of the user text or the response, any case
+    where: str | None = None  # an SQL condition on the `samples` view (aliased s)
+    ranges: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    after: Cursor | None = None
+    before: Cursor | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True)
+class SamplePage:
+    table: Table
+    next: Cursor | None  # the last row, when more follow
+    previous: Cursor | None  # the first row, when rows precede it
+
+
+PAGE_COLUMNS = """m.sample_id, m.status, m.miwv, m.zero_shot_loss, m.one_shot_loss, m.similarity,
+       m.n_response_tokens, m.neighbour_id"""
+DOWNLOAD_COLUMNS = """m.sample_id, s.datasets, m.status, m.miwv, m.zero_shot_loss, m.one_shot_loss, m.similarity,
+       m.n_response_tokens, m.neighbour_id, m.example_truncated, s.user_text, s.response"""
+PAGE_TEXTS_SQL = """
+    SELECT sample_id, datasets, left(user_text, 160) AS user_text, left(response, 160) AS response
+    FROM samples WHERE sample_id IN ($ids)
+"""
+
+
+def samples_page(conn: sa.Connection, key: ScoreKey, query: SampleQuery) -> SamplePage:
+    """One page of `query`: keyset paging on (sort value, sample_id), so a deep page costs what the
+    first one does (no OFFSET scan). Two statements: the page's ids and scores from `miwv_scores`
+    (joined to `samples` only when a text or SQL filter needs it), then those samples' texts,
+    so no text is read for rows that do not make the page. The first runs through the
+    read-only check of `cli.py sql`, because `query.where` is user SQL."""
+    backward = query.before is not None and query.after is None
+    cursor = query.before if backward else query.after
+    sql = _samples_sql(conn, key, query, PAGE_COLUMNS, cursor, backward, query.limit + 1)
+    table = _run_filtered(conn, "samples", sql, query.where)
+    rows = table.rows[: query.limit]
+    more = len(table.rows) > query.limit
+    if backward:
+        rows.reverse()
+    texts = _page_texts(conn, [r["sample_id"] for r in rows])
+    table = Table(
+        "samples",
+        f"{sql};\n\n{texts.sql};",
+        table.columns[:1] + ["datasets"] + table.columns[1:] + ["user_text", "response"],
+        [{**row, **texts.rows[i]} for i, row in enumerate(rows)],
+    )
+    if not rows:
+        return SamplePage(table, None, None)
+    column = query.sort
+    first, last = (Cursor(r[column], r["sample_id"]) for r in (rows[0], rows[-1]))
+    has_next = (not backward and more) or (backward and cursor is not None)
+    has_previous = (backward and more) or (not backward and cursor is not None)
+    return SamplePage(table, last if has_next else None, first if has_previous else None)
+
+
+def _page_texts(conn: sa.Connection, sample_ids: list[int]) -> Table:
+    """datasets and the first 160 characters of the texts of `sample_ids`, in their order."""
+    text = _tidy(PAGE_TEXTS_SQL).replace("$ids", ", ".join(str(int(i)) for i in sample_ids) or "NULL")
+    found = {row["sample_id"]: row for row in db.records(conn, text)}
+    return Table("texts", text, ["sample_id", "datasets", "user_text", "response"], [found[i] for i in sample_ids])
+
+
+def _with_texts(conn: sa.Connection, table: Table) -> Table:
+    """`table` with each row's first dataset and texts added (read for its ids alone)."""
+    texts = _page_texts(conn, [row["sample_id"] for row in table.rows])
+    rows = [{**row, **text, "dataset": text["datasets"][0]} for row, text in zip(table.rows, texts.rows, strict=True)]
+    return Table(table.name, f"{table.sql};\n\n{texts.sql};", [*table.columns, "dataset", "user_text"], rows)
+
+
+def samples_download(conn: sa.Connection, key: ScoreKey, query: SampleQuery) -> Table:
+    """Every sample `query` matches (all pages), in its order, with full texts."""
+    sql = _samples_sql(conn, key, query, DOWNLOAD_COLUMNS, join_samples=True)
+    return _run_filtered(conn, "samples", sql, query.where)
+
+
+def _run_filtered(conn: sa.Connection, name: str, sql: str, where: str | None) -> Table:
+    try:
+        arrow = run_read_only(conn, sql, allowed=("SELECT",))
+    except UserError as error:
+        if where:
+            raise UserError(f"the filter {where!r} is not one SQL condition on the `samples` view ({error})") from None
+        raise
+    return _table(name, sql, arrow)
+
+
+def _samples_sql(
+    conn: sa.Connection,
+    key: ScoreKey,
+    query: SampleQuery,
+    columns: str,
+    cursor: Cursor | None = None,
+    backward: bool = False,
+    limit: int | None = None,
+    join_samples: bool = False,
+) -> str:
+    if query.sort not in SORTS:
+        raise UserError(f"unknown sort {query.sort!r}; use one of {', '.join(SORTS)}")
+    if query.status not in (None, *STATUSES):
+        raise UserError(f"unknown status {query.status!r}; use one of {', '.join(STATUSES)}")
+    require_dataset(conn, query.dataset)
+    params: dict[str, Any] = _of(key)
+    conditions = ["m.scorer_id = $scorer", "m.embedder_id = $embedder"]
+    if query.dataset is not None:
+        conditions.append("m.sample_id IN (SELECT sample_id FROM membership WHERE dataset = $dataset)")
+        params["dataset"] = query.dataset
+    if query.status is not None:
+        conditions.append("m.status = $status")
+        params["status"] = query.status
+    if query.search:
+        conditions.append(r"(s.user_text ILIKE $pattern ESCAPE '\' OR s.response ILIKE $pattern ESCAPE '\')")
+        params["pattern"] = "%" + re.sub(r"([%_\\])", r"\\\1", query.search) + "%"
+    for name, (low, high) in query.ranges.items():
+        if name not in RANGES:
+            raise UserError(f"no range filter on {name!r}; use one of {', '.join(RANGES)}")
+        for bound, op, value in (("min", ">=", low), ("max", "<=", high)):
+            if value is not None:
+                if not math.isfinite(value):
+                    raise UserError(f"{name}_{bound} must be a finite number")
+                conditions.append(f"m.{name} {op} ${name}_{bound}")
+                params[f"{name}_{bound}"] = float(value)
+    column, ahead = SORTS[query.sort], query.descending != backward
+    if cursor is not None:
+        params.update(cursor_value=cursor.value, cursor_id=cursor.sample_id)
+        conditions.append(_keyset(column, query.descending, cursor.value is None, backward))
+    direction = "DESC" if ahead else "ASC"
+    nulls = "FIRST" if backward else "LAST"
+    order = f"ORDER BY {column} {direction} NULLS {nulls}, m.sample_id {'DESC' if backward else 'ASC'}"
+    where = "\n  AND ".join(conditions)
+    join = " JOIN samples s USING (sample_id)" if join_samples or query.where or query.search else ""
+    head = inline(f"SELECT {columns}\nFROM miwv_scores m{join}\nWHERE {where}", params)
+    # The user's condition is added after inlining: a $ in it is theirs, not a parameter.
+    user = f"\n  AND ({query.where})" if query.where else ""
+    return head + user + f"\n{order}" + (f"\nLIMIT {int(limit)}" if limit else "")
+
+
+def _keyset(column: str, descending: bool, null_cursor: bool, backward: bool) -> str:
+    """Rows after (or, `backward`, before) the cursor in ORDER BY column [DESC] NULLS LAST, sample_id."""
+    beyond = "<" if descending else ">"
+    before = ">" if descending else "<"
+    if not backward:
+        if null_cursor:
+            return f"({column} IS NULL AND m.sample_id > $cursor_id)"
+        return (
+            f"({column} {beyond} $cursor_value OR ({column} = $cursor_value AND m.sample_id > $cursor_id) "
+            f"OR {column} IS NULL)"
+        )
+    if null_cursor:
+        return f"({column} IS NOT NULL OR m.sample_id < $cursor_id)"
+    return f"({column} {before} $cursor_value OR ({column} = $cursor_value AND m.sample_id < $cursor_id))"
+
+
+# ---- one sample ---------------------------------------------------------------------------
+
+SAMPLE_SQL = "SELECT * FROM samples WHERE sample_id = $id"
+
+NEIGHBOURS_SQL = """
+    SELECT n.embedder, n.embedder_id, n.neighbour_id, n.similarity, t.messages AS neighbour_messages,
+           t.instruction AS neighbour_instruction, t.input AS neighbour_input, t.user_text AS neighbour_user_text,
+           t.response AS neighbour_response, t.datasets AS neighbour_datasets
+    FROM neighbours n LEFT JOIN samples t ON t.sample_id = n.neighbour_id
+    WHERE n.sample_id = $id ORDER BY n.embedder_id
+"""
+
+# Rank: position by MIWV, highest first, ties to the smaller sample_id (as `select` ranks).
+SAMPLE_SCORES_SQL = """
+    SELECT m.model, m.scorer_id, m.template, m.max_length, m.embedder, m.embedder_id, m.status,
+           m.zero_shot_loss, m.one_shot_loss, m.miwv, m.n_response_tokens, m.example_truncated,
+           m.neighbour_id, m.similarity, c.fingerprint, c.template_revision,
+           CASE WHEN m.status = 'ok' THEN 1 + (
+               SELECT count(*) FROM miwv_scores r
+               WHERE r.scorer_id = m.scorer_id AND r.embedder_id = m.embedder_id AND r.status = 'ok'
+                 AND (r.miwv > m.miwv OR (r.miwv = m.miwv AND r.sample_id < m.sample_id))) END AS rank,
+           (SELECT count(*) FROM miwv_scores r
+            WHERE r.scorer_id = m.scorer_id AND r.embedder_id = m.embedder_id AND r.status = 'ok') AS ranked
+    FROM miwv_scores m JOIN scorer c USING (scorer_id) WHERE m.sample_id = $id
+    ORDER BY m.scorer_id, m.embedder_id
+"""
+
+MEMBER_OF_SQL = """
+    SELECT m.selection_id, s.strategy, s.model, m.rank, m.score, s.selected,
+           strftime(s.created_at, '%Y-%m-%d %H:%M:%S') AS created_at
+    FROM selection_member m JOIN selection s USING (selection_id)
+    WHERE m.sample_id = $id ORDER BY m.selection_id DESC
+"""
+
+
+def sample_tables(conn: sa.Connection, sample_id: int) -> dict[str, Table]:
+    """The sample, its neighbour under each embedder, its scores under every model (with ranks),
+    and the selections that hold it; NotFound if the catalog has no such sample."""
+    params = {"id": sample_id}
+    sample = fetch(conn, "sample", SAMPLE_SQL, params)
+    if not sample.rows:
+        raise NotFound(f"no sample {sample_id} in the catalog")
+    return {
+        "sample": sample,
+        "neighbours": fetch(conn, "neighbours", NEIGHBOURS_SQL, params),
+        "scores": fetch(conn, "scores", SAMPLE_SCORES_SQL, params),
+        "selections": fetch(conn, "selections", MEMBER_OF_SQL, params),
+    }
+
+
+# ---- selections ---------------------------------------------------------------------------
+
+SELECTIONS_SQL = """
+    SELECT selection_id, strategy, model, scorer_id, embedder, top_k, top_percent, seed, dataset, pool_where,
+           pool_size, eligible, selected, output, strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at
+    FROM selection ORDER BY selection_id DESC
+"""
+
+DIFF_SUMMARY_SQL = """
+    WITH sides AS (
+        SELECT a.sample_id IS NOT NULL AS a_has, b.sample_id IS NOT NULL AS b_has
+        FROM (SELECT sample_id FROM selection_member WHERE selection_id = $a) a
+        FULL JOIN (SELECT sample_id FROM selection_member WHERE selection_id = $b) b ON a.sample_id = b.sample_id
+    )
+    SELECT count(*) FILTER (WHERE a_has) AS in_a, count(*) FILTER (WHERE b_has) AS in_b,
+           count(*) FILTER (WHERE a_has AND b_has) AS in_both,
+           count(*) FILTER (WHERE a_has AND NOT b_has) AS only_a,
+           count(*) FILTER (WHERE b_has AND NOT a_has) AS only_b,
+           round(count(*) FILTER (WHERE a_has AND b_has) / nullif(count(*), 0), 4) AS jaccard
+    FROM sides
+"""
+
+# side: 'a' (only in A), 'b' (only in B) or 'both'; ordered by rank in A, then in B.
+DIFF_ROWS_SQL = """
+    SELECT coalesce(a.sample_id, b.sample_id) AS sample_id, a.rank AS rank_a, b.rank AS rank_b,
+           a.score AS score_a, b.score AS score_b, left(s.user_text, 160) AS user_text
+    FROM (SELECT * FROM selection_member WHERE selection_id = $a) a
+    FULL JOIN (SELECT * FROM selection_member WHERE selection_id = $b) b USING (sample_id)
+    JOIN samples s ON s.sample_id = coalesce(a.sample_id, b.sample_id)
+    WHERE CASE $side WHEN 'a' THEN b.sample_id IS NULL WHEN 'b' THEN a.sample_id IS NULL
+                     ELSE a.sample_id IS NOT NULL AND b.sample_id IS NOT NULL END
+    ORDER BY a.rank NULLS LAST, b.rank
+"""
+
+
+def selections(conn: sa.Connection) -> Table:
+    """Every recorded selection, newest first."""
+    return fetch(conn, "selections", SELECTIONS_SQL)
+
+
+def selection_diff(conn: sa.Connection, a: int, b: int, limit: int | None = None) -> dict[str, Table]:
+    """Selections a and b compared: counts, and the samples only in A, only in B and in both
+    (the first `limit` of each by rank; all of them without a limit)."""
+    known = {row["selection_id"] for row in db.records(conn, "SELECT selection_id FROM selection")}
+    for selection_id in (a, b):
+        if selection_id not in known:
+            raise NotFound(f"no selection {selection_id}; recorded: {', '.join(map(str, sorted(known))) or 'none'}")
+    sql = DIFF_ROWS_SQL + (f"LIMIT {int(limit)}" if limit else "")
+    return {
+        "summary": fetch(conn, "summary", DIFF_SUMMARY_SQL, {"a": a, "b": b}),
+        **{name: fetch(conn, name, sql, {"a": a, "b": b, "side": side}) for name, side in _SIDES.items()},
+    }
+
+
+_SIDES = {"only_a": "a", "only_b": "b", "both": "both"}
+
+
+# ---- two models on one pool ---------------------------------------------------------------
+
+# The pool: samples both scorers scored ('ok'), each with its own embedder's neighbours. Ranks
+# are by MIWV, highest first, ties to the smaller sample_id; Spearman's correlation is Pearson's
+# over the ranks (as in examples/compare_models.sql).
+_COMPARE_POOL = """
+    WITH a AS (SELECT sample_id, miwv FROM miwv_scores
+               WHERE scorer_id = $a_scorer AND embedder_id = $a_embedder AND status = 'ok'),
+         b AS (SELECT sample_id, miwv FROM miwv_scores
+               WHERE scorer_id = $b_scorer AND embedder_id = $b_embedder AND status = 'ok'),
+         pool AS (SELECT sample_id, a.miwv AS miwv_a, b.miwv AS miwv_b,
+                         rank() OVER (ORDER BY a.miwv DESC, sample_id) AS rank_a,
+                         rank() OVER (ORDER BY b.miwv DESC, sample_id) AS rank_b
+                  FROM a JOIN b USING (sample_id))"""
+
+COMPARE_SUMMARY_SQL = (
+    _COMPARE_POOL
+    + """
+    SELECT count(*) AS pool, $top AS top_k,
+           count(*) FILTER (WHERE rank_a <= $top AND rank_b <= $top) AS top_k_overlap,
+           round(top_k_overlap / least($top, count(*)), 4) AS top_k_overlap_share,
+           round(corr(rank_a, rank_b), 4) AS spearman,
+           round(corr(miwv_a, miwv_b), 4) AS pearson
+    FROM pool
+"""
+)
+
+COMPARE_TOP_SQL = (
+    _COMPARE_POOL
+    + """
+    SELECT sample_id, rank_a, rank_b, miwv_a, miwv_b, left(s.user_text, 160) AS user_text
+    FROM pool JOIN samples s USING (sample_id)
+    WHERE rank_a <= $top OR rank_b <= $top
+    ORDER BY least(rank_a, rank_b), rank_a
+"""
+)
+
+
+def compare_scores(conn: sa.Connection, a: ScoreKey, b: ScoreKey, top_k: int | None = None) -> dict[str, Table]:
+    """Two models' MIWV on the samples both scored: Spearman and Pearson correlation, and how many
+    of each one's top K the other also ranks in its top K (default: 10% of that pool, at least 1)."""
+    params = {"a_scorer": a.scorer_id, "a_embedder": a.embedder_id}
+    params |= {"b_scorer": b.scorer_id, "b_embedder": b.embedder_id}
+    if top_k is None:
+        pool = db.execute(conn, inline(_COMPARE_POOL + "\nSELECT count(*) FROM pool", params))[0][0]
+        top_k = max(1, math.floor(pool / 10 + 0.5))
+    params["top"] = int(top_k)
+    return {
+        "summary": fetch(conn, "summary", COMPARE_SUMMARY_SQL, params),
+        "top": fetch(conn, "top", COMPARE_TOP_SQL, params),
+    }

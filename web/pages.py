@@ -1,0 +1,221 @@
+"""The pages: each reads the catalog through one short read-only connection (catalog.explore
+holds the SQL), then renders a template or sends one of its tables as a file."""
+
+from __future__ import annotations
+
+import math
+from urllib.parse import urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+
+from catalog import Catalog, UserError
+from catalog import explore as ex
+from web import charts, tokens
+from web.render import download, model_url, page, wants_download
+
+PAGE_SIZE = 50  # samples per page unless ?per_page= (1 to MAX_PAGE_SIZE) says otherwise
+MAX_PAGE_SIZE = 500
+DIFF_ROWS = 200  # rows per side shown on a selection diff (downloads hold them all)
+
+
+def overview(request: Request) -> Response:
+    catalog = _catalog(request)
+    samples, tables = ex.overview(catalog)
+    return _tables_or_page(request, tables, "overview.html", samples=samples, catalog=str(catalog.path.resolve()))
+
+
+def model(request: Request) -> Response:
+    name = request.path_params["model"]
+    with _catalog(request).read() as conn:
+        key = ex.find_scores(conn, name, _int(request, "scorer"), _int(request, "embedder"))
+        keys = [k for k in ex.score_keys(conn) if k.model == name]
+        tables = ex.model_tables(conn, key)
+    return _tables_or_page(
+        request,
+        tables,
+        "model.html",
+        key=key,
+        keys=keys,
+        histogram=charts.histogram(tables["histogram"].rows),
+        scatter=charts.scatter(tables["points"].rows),
+        subset=len(tables["points"].rows) >= ex.SCATTER_POINTS,
+        samples_url=_samples_url(key),
+    )
+
+
+def samples(request: Request) -> Response:
+    name = request.path_params["model"]
+    error, result = None, None
+    with _catalog(request).read() as conn:
+        key = ex.find_scores(conn, name, _int(request, "scorer"), _int(request, "embedder"))
+        datasets = ex.dataset_names(conn)
+        try:
+            query = _sample_query(request)
+            asked = wants_download(request)
+            if asked:
+                return download(ex.samples_download(conn, key, query), asked[1])
+            result = ex.samples_page(conn, key, query)
+        except UserError as problem:  # a bad filter: said on the page, with the form to fix it
+            error = str(problem)
+    return page(
+        request,
+        "samples.html",
+        status_code=400 if error else 200,
+        key=key,
+        datasets=datasets,
+        statuses=ex.STATUSES,
+        sorts=ex.SORTS,
+        ranges=ex.RANGES,
+        result=result,
+        error=error,
+        form=request.query_params,
+        page_size=_int(request, "per_page") or PAGE_SIZE,
+        link=lambda **changes: _with(request, **changes),
+    )
+
+
+def sample(request: Request) -> Response:
+    try:
+        sample_id = int(request.path_params["sample_id"])
+    except ValueError:
+        raise ex.NotFound(f"no sample {request.path_params['sample_id']!r}: sample ids are whole numbers") from None
+    with _catalog(request).read() as conn:
+        tables = ex.sample_tables(conn, sample_id)
+    if wants_download(request):
+        return _tables_or_page(request, tables, "sample.html")
+    row = tables["sample"].rows[0]
+    examples = {n["embedder_id"]: n for n in tables["neighbours"].rows}
+    inputs = [(score, _inputs(row, score, examples.get(score["embedder_id"]))) for score in tables["scores"].rows]
+    return page(request, "sample.html", sample=row, tables=tables, neighbours=tables["neighbours"].rows, inputs=inputs)
+
+
+def selections(request: Request) -> Response:
+    a, b = _int(request, "a"), _int(request, "b")
+    if a is not None and b is not None:
+        return RedirectResponse(f"/selections/{a}/vs/{b}", status_code=303)
+    with _catalog(request).read() as conn:
+        tables = {"selections": ex.selections(conn)}
+        keys = ex.score_keys(conn)
+    return _tables_or_page(request, tables, "selections.html", keys=keys)
+
+
+def selection_diff(request: Request) -> Response:
+    a, b = (_path_int(request, side) for side in ("a", "b"))
+    limit = None if wants_download(request) else DIFF_ROWS
+    with _catalog(request).read() as conn:
+        tables = ex.selection_diff(conn, a, b, limit)
+        chosen = {row["selection_id"]: row for row in ex.selections(conn).rows if row["selection_id"] in (a, b)}
+    return _tables_or_page(request, tables, "selection_diff.html", a=chosen[a], b=chosen[b], shown=DIFF_ROWS)
+
+
+def compare(request: Request) -> Response:
+    with _catalog(request).read() as conn:
+        keys = ex.score_keys(conn)
+        a_id, b_id = _int(request, "a"), _int(request, "b")
+        if a_id is None or b_id is None:
+            return page(request, "compare.html", keys=keys, a=None, b=None, tables=None, top=None)
+        a, b = (ex.find_scores(conn, None, scorer_id) for scorer_id in (a_id, b_id))
+        top = _int(request, "top")
+        if top is not None and top < 1:
+            raise UserError("top must be at least 1")
+        tables = ex.compare_scores(conn, a, b, top)
+    return _tables_or_page(request, tables, "compare.html", keys=keys, a=a, b=b, top=tables["summary"].rows[0]["top_k"])
+
+
+def _catalog(request: Request) -> Catalog:
+    return request.app.state.catalog
+
+
+def _tables_or_page(request: Request, tables: dict[str, ex.Table], template: str, **context) -> Response:
+    """The table asked for as a file (?download=NAME&format=csv|jsonl), else the page."""
+    asked = wants_download(request)
+    if asked is None:
+        return page(request, template, tables=tables, **context)
+    name, fmt = asked
+    if name not in tables:
+        raise ex.NotFound(f"this page has no table {name!r}; it has {', '.join(tables)}")
+    return download(tables[name], fmt)
+
+
+def _int(request: Request, name: str) -> int | None:
+    text = request.query_params.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"{name} must be a whole number, not {text!r}") from None
+
+
+def _path_int(request: Request, name: str) -> int:
+    try:
+        return int(request.path_params[name])
+    except ValueError:
+        raise ex.NotFound(f"{request.path_params[name]!r} is not a selection id (a whole number)") from None
+
+
+def _float(request: Request, name: str) -> float | None:
+    text = request.query_params.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"{name} must be a number, not {text!r}") from None
+    if not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number")
+    return value
+
+
+def _sample_query(request: Request) -> ex.SampleQuery:
+    params = request.query_params
+
+    def text(name: str) -> str | None:
+        return params.get(name, "").strip() or None
+
+    ranges = {name: (_float(request, f"{name}_min"), _float(request, f"{name}_max")) for name in ex.RANGES}
+    after, before = text("after"), text("before")
+    per_page = _int(request, "per_page") or PAGE_SIZE
+    if not 1 <= per_page <= MAX_PAGE_SIZE:
+        raise UserError(f"per_page must be between 1 and {MAX_PAGE_SIZE}")
+    return ex.SampleQuery(
+        sort=text("sort") or "miwv",
+        descending=params.get("order", "desc") != "asc",
+        dataset=text("dataset"),
+        status=text("status"),
+        search=text("q"),
+        where=text("where"),
+        ranges={k: v for k, v in ranges.items() if v != (None, None)},
+        after=ex.Cursor.parse(after) if after else None,
+        before=ex.Cursor.parse(before) if before else None,
+        limit=per_page,
+    )
+
+
+def _with(request: Request, **changes: str | None) -> str:
+    """This page's URL with some query parameters changed (None removes one)."""
+    params = {k: v for k, v in request.query_params.items() if k not in changes}
+    params.update({k: v for k, v in changes.items() if v is not None})
+    return request.url.path + ("?" + urlencode(params) if params else "")
+
+
+def _samples_url(key: ex.ScoreKey) -> str:
+    return model_url(key.model, f"/samples?scorer={key.scorer_id}&embedder={key.embedder_id}")
+
+
+def _inputs(row: dict, score: dict, example: dict | None) -> tokens.Inputs | str:
+    """The sample's two passes for the scorer of `score`, or why they cannot be shown."""
+    messages = tuple((m["role"], m["content"]) for m in row["messages"])
+    neighbour = example["neighbour_messages"] if example and example["neighbour_messages"] else None
+    try:
+        return tokens.model_inputs(
+            tokens.ScorerKey(score["model"], score["fingerprint"], score["template"], score["template_revision"]),
+            score["max_length"],
+            messages,
+            tuple((m["role"], m["content"]) for m in neighbour) if neighbour else None,
+            tokens.alpaca_fields(row["instruction"], row["input"]),
+            tokens.alpaca_fields(example["neighbour_instruction"], example["neighbour_input"]) if neighbour else None,
+        )
+    except UserError as error:
+        return f"cannot rebuild the inputs: {error}"

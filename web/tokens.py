@@ -1,0 +1,120 @@
+"""The zero-shot and one-shot inputs of a sample as a scorer's model saw them.
+
+The one module of the web package that calls into scoring/: it rebuilds the token ids the
+scorer builds (the scorer's tokenizer, template and max length) and decodes them for display,
+the scored response ids token by token.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+
+from scoring.models import load_tokenizer, resolve_model
+from scoring.sequences import SequenceBuilder, Unscorable
+from scoring.templates import TEMPLATE_REVISION
+
+Messages = tuple[tuple[str, str], ...]
+AlpacaFields = tuple[str, str]
+MAX_SHOWN_TOKENS = 2000  # response tokens shown one by one; the rest as one piece
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One pass's input: the prompt text and the scored response tokens, or why it cannot run."""
+
+    status: str  # "ok", "too_long", "too_long_one_shot"
+    prompt: str = ""
+    response: tuple[tuple[int | None, str], ...] = ()  # (token id, its text); None: the rest, past MAX_SHOWN_TOKENS
+    n_prompt: int = 0
+    example_truncated: bool = False
+
+
+@dataclass(frozen=True)
+class Inputs:
+    zero: Pass
+    one: Pass | None  # None: no neighbour
+    warning: str | None = None  # e.g. the model files changed since it scored
+
+
+@dataclass(frozen=True)
+class ScorerKey:
+    """What a scorer rendered with: its model, the files' fingerprint, template and template revision."""
+
+    model: str
+    fingerprint: str
+    template: str
+    template_revision: int
+
+
+def alpaca_fields(instruction: str | None, input: str | None) -> AlpacaFields | None:
+    """(instruction, input) of an Alpaca-shaped sample, as the scorer is given them; None for chats."""
+    return None if instruction is None else (instruction, input or "")
+
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=4)
+def _builder(model: str, template: str, max_length: int) -> tuple[SequenceBuilder, str]:
+    spec = resolve_model(model)
+    return SequenceBuilder(load_tokenizer(spec), template, max_length), spec.fingerprint
+
+
+def model_inputs(
+    scorer: ScorerKey,
+    max_length: int,
+    messages: Messages,
+    example: Messages | None,
+    fields: AlpacaFields | None = None,
+    example_fields: AlpacaFields | None = None,
+) -> Inputs:
+    """Both passes of a sample for the scorer (model, template, max_length) that scored it.
+
+    Raises UserError when the model's files (or a .jinja template file) are not here any more
+    (the page says so).
+    """
+    with _lock:  # a tokenizer loads once, even when two pages ask at the same moment
+        builder, current = _builder(scorer.model, scorer.template, max_length)
+    warnings = []
+    if current != scorer.fingerprint:
+        warnings.append(f"the files of {scorer.model} changed since it scored this sample")
+    if scorer.template_revision != TEMPLATE_REVISION:
+        warnings.append(f"it scored with an older rendering of the {scorer.template!r} template")
+    warning = "; ".join(warnings) + "; these inputs are rebuilt with the current code" if warnings else None
+    zero = _render(builder, builder.zero_shot(messages, fields))
+    one = _render(builder, builder.one_shot(messages, example, fields, example_fields)) if example else None
+    return Inputs(zero, one, warning)
+
+
+def _render(builder: SequenceBuilder, sequence) -> Pass:
+    if isinstance(sequence, Unscorable):
+        return Pass(sequence.status)
+    tokenizer = builder.tokenizer
+    prompt_ids = sequence.ids[: -sequence.n_response]
+    response_ids = sequence.ids[-sequence.n_response :]
+    return Pass(
+        "ok",
+        tokenizer.decode(prompt_ids),
+        _pieces(tokenizer, response_ids),
+        len(prompt_ids),
+        sequence.example_truncated,
+    )
+
+
+def _pieces(tokenizer, ids: list[int]) -> tuple[tuple[int | None, str], ...]:
+    """Each id with the text it adds. A character split over several byte-level tokens is shown
+    with the token that completes it."""
+    shown_ids, rest = ids[:MAX_SHOWN_TOKENS], ids[MAX_SHOWN_TOKENS:]
+    pieces, shown = [], ""
+    for k, token in enumerate(shown_ids):
+        text = tokenizer.decode(shown_ids[: k + 1])
+        if text.endswith("\ufffd"):
+            pieces.append((token, ""))
+            continue
+        pieces.append((token, text[len(shown) :] if text.startswith(shown) else tokenizer.decode([token])))
+        shown = text
+    if rest:
+        pieces.append((None, tokenizer.decode(ids)[len(shown) :]))
+    return tuple(pieces)
