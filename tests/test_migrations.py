@@ -81,8 +81,9 @@ def seed_0003(conn) -> None:
     )
     db.execute(
         conn,
-        """INSERT INTO score_run VALUES (1, 1, 1, 'cpu', 180, 180, 360, 50000, '2026-11-03 10:00:00',
-                        '2026-11-03 10:05:00')""",
+        """INSERT INTO score_run (run_id, scorer_id, embedder_id, device, pool, samples, passes, tokens_run,
+                                  started_at, finished_at)
+                        VALUES (1, 1, 1, 'cpu', 180, 180, 360, 50000, '2026-11-03 10:00:00', '2026-11-03 10:05:00')""",
     )
     db.execute(
         conn,
