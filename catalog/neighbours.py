@@ -8,7 +8,7 @@ from datetime import datetime
 import numpy as np
 import pyarrow as pa
 
-from catalog import db
+from catalog import current_scores, db
 from catalog.store import Catalog
 
 NO_NEIGHBOUR = -1  # in link arrays: the sample has no neighbour (stored as NULL)
@@ -61,7 +61,8 @@ def save_links(
     new_samples: int,
     started_at: datetime,
 ) -> int:
-    """Record a neighbour run and upsert the links it changed, in one transaction; returns the run id."""
+    """Record a neighbour run, upsert the links it changed and recompute those samples' current
+    scores (a moved link leaves them stale), in one transaction; returns the run id."""
     now = db.utcnow()
     has = changed.neighbour_ids != NO_NEIGHBOUR
     with catalog.write() as conn:
@@ -102,4 +103,5 @@ def save_links(
                     run_id = excluded.run_id, computed_at = excluded.computed_at""",
                 {"embedder_id": embedder_id, "run_id": run_id, "now": now},
             )
+        current_scores.refresh(conn, changed.ids, embedder_id=embedder_id)
     return run_id

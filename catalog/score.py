@@ -8,7 +8,7 @@ from enum import StrEnum
 import numpy as np
 import pyarrow as pa
 
-from catalog import db
+from catalog import current_scores, db
 from catalog.datasets import require_dataset
 from catalog.errors import UserError
 from catalog.store import Catalog
@@ -279,9 +279,9 @@ def start_run(
 def save_results(
     catalog: Catalog, scorer_id: int, run_id: int, results: list[PassResult], tokens_run: int, worker: WorkerRow
 ) -> None:
-    """Write one batch's (or unit's) results, the run's progress and the worker's share in one
-    transaction; rows already there are kept (an example's zero-shot pass may be recomputed after
-    an earlier run, or another unit, stored it)."""
+    """Write one batch's (or unit's) results, the run's progress, the worker's share and the
+    samples' current scores in one transaction; rows already there are kept (an example's
+    zero-shot pass may be recomputed after an earlier run, or another unit, stored it)."""
     now = db.utcnow()
     progress = {"passes": len(results), "tokens_run": tokens_run, "run_id": run_id}
     with catalog.write() as conn:
@@ -320,6 +320,7 @@ def save_results(
                 columns["neighbour_id"] = pa.array([r.neighbour_id for r in rows], pa.int64())
                 columns["example_truncated"] = pa.array([r.example_truncated for r in rows], pa.bool_())
             db.insert_arrow(conn, table, pa.table(columns), keep_existing=True)
+        current_scores.refresh(conn, np.array([r.sample_id for r in results], np.int64), scorer_id=scorer_id)
 
 
 def finish_run(catalog: Catalog, run_id: int) -> None:

@@ -136,6 +136,23 @@ def seed_0006(conn) -> None:
     )
 
 
+def seed_0007(conn) -> None:
+    """Scorer 2's zero-shot pass of three samples was too long, and their current rows say so."""
+    db.execute(
+        conn,
+        """INSERT INTO zero_shot_loss
+                        SELECT sample_id, 2, 'too_long', NULL, NULL, NULL, 9000, 2, '2026-11-07 10:00:00'
+                        FROM sample ORDER BY sample_id LIMIT 3""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO score_current
+                        SELECT l.sample_id, 2, l.embedder_id, l.neighbour_id, l.similarity, NULL, NULL, NULL, NULL,
+                               'too_long', false
+                        FROM neighbour_link l JOIN zero_shot_loss z ON z.sample_id = l.sample_id AND z.scorer_id = 2""",
+    )
+
+
 SEEDS = {
     "0001": seed_0001,
     "0002": seed_0002,
@@ -143,7 +160,19 @@ SEEDS = {
     "0004": seed_0004,
     "0005": seed_0005,
     "0006": seed_0006,
+    "0007": seed_0007,
 }
+
+
+def seeded_at(path: Path, revision: str) -> None:
+    """A catalog at `revision` holding the data of every revision up to it, each seed written
+    at its own revision (as the versions of the tool in between would have left it)."""
+    create_at(path, "0001")
+    with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
+        for seed_revision, seed in SEEDS.items():
+            if seed_revision <= revision:
+                migrate.upgrade(conn, seed_revision)
+                seed(conn)
 
 
 def revisions() -> list[tuple[str, str]]:
@@ -167,11 +196,8 @@ def user_tables(conn) -> list[str]:
 @pytest.mark.parametrize(("previous", "revision"), revisions())
 def test_upgrading_from_the_previous_revision_keeps_every_row(tmp_path, previous, revision):
     path = tmp_path / "old"
-    create_at(path, previous)
+    seeded_at(path, previous)
     with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
-        for seed_revision, seed in SEEDS.items():  # data of every revision up to `previous`
-            if seed_revision <= previous:
-                seed(conn)
         before = snapshot(conn, user_tables(conn))
     with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
         migrate.upgrade(conn, revision)
@@ -202,6 +228,37 @@ def test_scorers_from_before_0006_keep_their_losses_at_template_revision_1(tmp_p
     with catalog.read() as conn:
         assert db.execute(conn, "SELECT DISTINCT scorer_id FROM miwv_scores") == [(1,)]
         assert db.execute(conn, "SELECT count(*) FROM zero_shot_loss WHERE scorer_id = 1")[0][0] == 180
+
+
+def test_0007_keeps_every_row_of_miwv_scores_in_every_status(tmp_path):
+    """The view over score_current shows what the join of links and losses showed: the same
+    columns in the same order and the same rows, including no_neighbour, too_long and
+    too_long_one_shot rows, and leaving out a sample whose link moved (stale)."""
+    path = tmp_path / "old"
+    seeded_at(path, "0006")
+    with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
+        ids = [r[0] for r in db.execute(conn, "SELECT sample_id FROM sample ORDER BY sample_id LIMIT 3")]
+        db.execute(
+            conn, "UPDATE zero_shot_loss SET status = 'too_long', loss = NULL WHERE sample_id = $id", {"id": ids[0]}
+        )
+        db.execute(
+            conn,
+            "UPDATE one_shot_loss SET status = 'too_long_one_shot', loss = NULL, example_truncated = true "
+            "WHERE sample_id = $id",
+            {"id": ids[1]},
+        )
+        db.execute(
+            conn, "UPDATE neighbour_link SET neighbour_id = $n WHERE sample_id = $id", {"id": ids[2], "n": ids[0]}
+        )
+        old = db.execute(conn, "SELECT * FROM miwv_scores ORDER BY ALL")
+        old_columns = db.execute(conn, "SELECT column_name, column_type FROM (DESCRIBE miwv_scores)")
+    with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
+        migrate.upgrade(conn, "0007")
+        assert db.execute(conn, "SELECT * FROM miwv_scores ORDER BY ALL") == old
+        assert db.execute(conn, "SELECT column_name, column_type FROM (DESCRIBE miwv_scores)") == old_columns
+        statuses = {r[0] for r in db.execute(conn, "SELECT status FROM score_current")}
+    assert statuses == {"ok", "too_long", "too_long_one_shot", "no_neighbour"}
+    assert len(old) == 180 - 1  # the sample whose link moved is stale
 
 
 def test_every_revision_has_a_seed_so_the_next_one_is_tested_with_data():
