@@ -193,14 +193,14 @@ def dataset_names(conn: sa.Connection) -> list[str]:
 
 STATUS_SQL = """
     SELECT status, count(*) AS samples
-    FROM miwv_scores WHERE scorer_id = $scorer AND embedder_id = $embedder
+    FROM score_current WHERE scorer_id = $scorer AND embedder_id = $embedder
     GROUP BY status ORDER BY samples DESC
 """
 
 HISTOGRAM_SQL = """
     WITH scored AS (
         SELECT m.miwv, d.dataset
-        FROM miwv_scores m JOIN membership d USING (sample_id)
+        FROM score_current m JOIN membership d USING (sample_id)
         WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'
     ),
     bounds AS (SELECT min(miwv) AS lo, greatest(max(miwv) - min(miwv), 1e-9) / $bins AS width FROM scored)
@@ -213,7 +213,7 @@ HISTOGRAM_SQL = """
 # A fixed pseudo-random subset (by hash of sample_id); their texts come from a second statement.
 POINTS_SQL = """
     SELECT sample_id, zero_shot_loss, one_shot_loss, miwv
-    FROM miwv_scores
+    FROM score_current
     WHERE scorer_id = $scorer AND embedder_id = $embedder AND status = 'ok'
     ORDER BY hash(sample_id), sample_id
     LIMIT $limit
@@ -305,8 +305,9 @@ PAGE_TEXTS_SQL = """
 
 def samples_page(conn: sa.Connection, key: ScoreKey, query: SampleQuery) -> SamplePage:
     """One page of `query`: keyset paging on (sort value, sample_id), so a deep page costs what the
-    first one does (no OFFSET scan). Two statements: the page's ids and scores from `miwv_scores`
-    (joined to `samples` only when a text or SQL filter needs it), then those samples' texts,
+    first one does (no OFFSET scan). Two statements: the page's ids and scores from `score_current`
+    (the table behind `miwv_scores`; joined to `samples` only when a text or SQL filter needs
+    it), then those samples' texts,
     so no text is read for rows that do not make the page. The first runs through the
     read-only check of `cli.py sql`, because `query.where` is user SQL."""
     backward = query.before is not None and query.after is None
@@ -407,7 +408,7 @@ def _samples_sql(
     order = f"ORDER BY {column} {direction} NULLS {nulls}, m.sample_id {'DESC' if backward else 'ASC'}"
     where = "\n  AND ".join(conditions)
     join = " JOIN samples s USING (sample_id)" if join_samples or query.where or query.search else ""
-    head = inline(f"SELECT {columns}\nFROM miwv_scores m{join}\nWHERE {where}", params)
+    head = inline(f"SELECT {columns}\nFROM score_current m{join}\nWHERE {where}", params)
     # The user's condition is added after inlining: a $ in it is theirs, not a parameter.
     user = f"\n  AND ({query.where})" if query.where else ""
     return head + user + f"\n{order}" + (f"\nLIMIT {int(limit)}" if limit else "")
@@ -447,10 +448,10 @@ SAMPLE_SCORES_SQL = """
            m.zero_shot_loss, m.one_shot_loss, m.miwv, m.n_response_tokens, m.example_truncated,
            m.neighbour_id, m.similarity, c.fingerprint, c.template_revision,
            CASE WHEN m.status = 'ok' THEN 1 + (
-               SELECT count(*) FROM miwv_scores r
+               SELECT count(*) FROM score_current r
                WHERE r.scorer_id = m.scorer_id AND r.embedder_id = m.embedder_id AND r.status = 'ok'
                  AND (r.miwv > m.miwv OR (r.miwv = m.miwv AND r.sample_id < m.sample_id))) END AS rank,
-           (SELECT count(*) FROM miwv_scores r
+           (SELECT count(*) FROM score_current r
             WHERE r.scorer_id = m.scorer_id AND r.embedder_id = m.embedder_id AND r.status = 'ok') AS ranked
     FROM miwv_scores m JOIN scorer c USING (scorer_id) WHERE m.sample_id = $id
     ORDER BY m.scorer_id, m.embedder_id
@@ -542,9 +543,9 @@ _SIDES = {"only_a": "a", "only_b": "b", "both": "both"}
 # are by MIWV, highest first, ties to the smaller sample_id; Spearman's correlation is Pearson's
 # over the ranks (as in examples/compare_models.sql).
 _COMPARE_POOL = """
-    WITH a AS (SELECT sample_id, miwv FROM miwv_scores
+    WITH a AS (SELECT sample_id, miwv FROM score_current
                WHERE scorer_id = $a_scorer AND embedder_id = $a_embedder AND status = 'ok'),
-         b AS (SELECT sample_id, miwv FROM miwv_scores
+         b AS (SELECT sample_id, miwv FROM score_current
                WHERE scorer_id = $b_scorer AND embedder_id = $b_embedder AND status = 'ok'),
          pool AS (SELECT sample_id, a.miwv AS miwv_a, b.miwv AS miwv_b,
                          rank() OVER (ORDER BY a.miwv DESC, sample_id) AS rank_a,

@@ -26,8 +26,8 @@ class Report:
 
 SUMMARY_SQL = """
     WITH scored AS (
-        SELECT m.*, unnest(s.datasets) AS dataset
-        FROM miwv_scores m JOIN samples s USING (sample_id)
+        SELECT m.sample_id, m.miwv, m.similarity, m.zero_shot_loss, m.one_shot_loss, d.dataset
+        FROM score_current m JOIN membership d USING (sample_id)
         WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'
     ),
     rows AS (SELECT * FROM scored UNION ALL SELECT * REPLACE ($all AS dataset) FROM scored)

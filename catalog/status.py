@@ -67,23 +67,29 @@ EMBEDDERS_SQL = """
 
 # Per scorer and embedder it ran with, over linked samples: MIWV defined (scored), never will be
 # (unscorable: too long, no neighbour), one-shot only for an earlier neighbour (stale: the
-# neighbour changed since), or not scored yet.
+# neighbour changed since), or not scored yet. A sample with a score_current row is scored or
+# unscorable by its status; only the others (few, once a pool is scored) are looked up in the losses.
 SCORES_SQL = """
     WITH pairs AS (SELECT DISTINCT scorer_id, embedder_id FROM score_run),
-         any_one_shot AS (SELECT DISTINCT sample_id, scorer_id FROM one_shot_loss),
-         states AS (
+         current AS (
+            SELECT scorer_id, embedder_id, CASE WHEN status = 'ok' THEN 'scored' ELSE 'unscorable' END AS state
+            FROM score_current SEMI JOIN pairs USING (scorer_id, embedder_id)),
+         rest AS (
             SELECT p.scorer_id, p.embedder_id,
                    CASE WHEN z.status <> 'ok' OR o.status <> 'ok' OR (z.status = 'ok' AND l.neighbour_id IS NULL)
                              THEN 'unscorable'
                         WHEN o.status = 'ok' THEN 'scored'
-                        WHEN a.sample_id IS NOT NULL THEN 'stale'
+                        WHEN EXISTS (SELECT 1 FROM one_shot_loss a
+                                     WHERE a.sample_id = l.sample_id AND a.scorer_id = p.scorer_id) THEN 'stale'
                         ELSE 'unscored' END AS state
             FROM pairs p
             JOIN neighbour_link l ON l.embedder_id = p.embedder_id
+            ANTI JOIN score_current c
+                   ON c.sample_id = l.sample_id AND c.scorer_id = p.scorer_id AND c.embedder_id = p.embedder_id
             LEFT JOIN zero_shot_loss z ON z.sample_id = l.sample_id AND z.scorer_id = p.scorer_id
             LEFT JOIN one_shot_loss o
-                   ON o.sample_id = l.sample_id AND o.scorer_id = p.scorer_id AND o.neighbour_id = l.neighbour_id
-            LEFT JOIN any_one_shot a ON a.sample_id = l.sample_id AND a.scorer_id = p.scorer_id)
+                   ON o.sample_id = l.sample_id AND o.scorer_id = p.scorer_id AND o.neighbour_id = l.neighbour_id),
+         states AS (SELECT * FROM current UNION ALL SELECT * FROM rest)
     SELECT s.scorer_id, sc.model, sc.template, sc.template_revision, sc.max_length, e.name AS embedder,
            count(*) FILTER (WHERE state = 'scored') AS scored,
            count(*) FILTER (WHERE state = 'unscorable') AS unscorable,

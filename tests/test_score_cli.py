@@ -111,7 +111,7 @@ def test_incremental_scoring_computes_only_new_and_changed_samples(tmp_path, cli
     scratch = tmp_path / "scratch"
     shutil.copytree(catalog_dir, scratch)
     with duckdb.connect(str(scratch / "catalog.duckdb")) as con:
-        for table in ("zero_shot_loss", "one_shot_loss", "score_run", "scorer"):
+        for table in ("zero_shot_loss", "one_shot_loss", "score_current", "score_run", "scorer"):
             con.execute(f"DELETE FROM {table}")
     from click.testing import CliRunner
 

@@ -100,7 +100,7 @@ def test_samples_first_page_is_the_sql_order(client: TestClient, explored: Path)
         "SELECT sample_id FROM miwv_scores WHERE scorer_id = 1 ORDER BY miwv DESC NULLS LAST, sample_id LIMIT 50",
     )
     assert ids_in_order(page.text) == [r["sample_id"] for r in expected]
-    assert "FROM miwv_scores m" in html.unescape(page.text)  # the statement that ran is on the page
+    assert "FROM score_current m" in html.unescape(page.text)  # the statement that ran is on the page
 
 
 @pytest.mark.parametrize(
