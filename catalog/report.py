@@ -30,22 +30,22 @@ SUMMARY_SQL = """
         FROM score_current m JOIN membership d USING (sample_id)
         WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'
     ),
-    rows AS (SELECT * FROM scored UNION ALL SELECT * REPLACE ($all AS dataset) FROM scored)
-    SELECT dataset,
-           count(DISTINCT sample_id) AS scored,
-           round(quantile_cont(miwv, 0.05), 4) AS p05,
-           round(quantile_cont(miwv, 0.25), 4) AS p25,
-           round(quantile_cont(miwv, 0.50), 4) AS median,
-           round(quantile_cont(miwv, 0.75), 4) AS p75,
-           round(quantile_cont(miwv, 0.95), 4) AS p95,
-           round(avg((miwv > 0)::INTEGER), 4) AS positive,
-           round(quantile_cont(similarity, 0.25), 4) AS sim_p25,
-           round(quantile_cont(similarity, 0.50), 4) AS sim_median,
-           round(quantile_cont(similarity, 0.75), 4) AS sim_p75,
-           round(avg(zero_shot_loss), 4) AS l_zero,
-           round(avg(one_shot_loss), 4) AS l_one,
-           round(corr(zero_shot_loss, one_shot_loss), 4) AS corr
-    FROM rows GROUP BY dataset ORDER BY dataset = $all, dataset
+    summary AS (  -- one row per dataset, and one ($all) over every (sample, dataset) row
+        SELECT CASE WHEN grouping(dataset) = 1 THEN $all ELSE dataset END AS dataset,
+               count(DISTINCT sample_id) AS scored,
+               quantile_cont(miwv, [0.05, 0.25, 0.5, 0.75, 0.95]) AS q,
+               round(avg((miwv > 0)::INTEGER), 4) AS positive,
+               quantile_cont(similarity, [0.25, 0.5, 0.75]) AS sim,
+               round(avg(zero_shot_loss), 4) AS l_zero,
+               round(avg(one_shot_loss), 4) AS l_one,
+               round(corr(zero_shot_loss, one_shot_loss), 4) AS corr
+        FROM scored GROUP BY GROUPING SETS ((dataset), ()))
+    SELECT dataset, scored,
+           round(q[1], 4) AS p05, round(q[2], 4) AS p25, round(q[3], 4) AS median, round(q[4], 4) AS p75,
+           round(q[5], 4) AS p95, positive,
+           round(sim[1], 4) AS sim_p25, round(sim[2], 4) AS sim_median, round(sim[3], 4) AS sim_p75,
+           l_zero, l_one, corr
+    FROM summary WHERE scored > 0 ORDER BY dataset = $all, dataset
 """
 
 
