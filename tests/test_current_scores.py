@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 from catalog import Catalog, db
+from catalog.explore import inline
+from catalog.report import ALL, SUMMARY_SQL
 from catalog.status import SCORES_SQL
 from tests.conftest import fixture_records, write_jsonl
 
@@ -62,19 +64,48 @@ OLD_SCORES_SQL = """
     GROUP BY ALL ORDER BY s.scorer_id, e.name
 """
 
+# The `report` summary before score_current (unnesting the samples view), verbatim: the oracle.
+OLD_SUMMARY_SQL = """
+    WITH scored AS (
+        SELECT m.*, unnest(s.datasets) AS dataset
+        FROM miwv_scores m JOIN samples s USING (sample_id)
+        WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'
+    ),
+    rows AS (SELECT * FROM scored UNION ALL SELECT * REPLACE ($all AS dataset) FROM scored)
+    SELECT dataset,
+           count(DISTINCT sample_id) AS scored,
+           round(quantile_cont(miwv, 0.05), 4) AS p05,
+           round(quantile_cont(miwv, 0.25), 4) AS p25,
+           round(quantile_cont(miwv, 0.50), 4) AS median,
+           round(quantile_cont(miwv, 0.75), 4) AS p75,
+           round(quantile_cont(miwv, 0.95), 4) AS p95,
+           round(avg((miwv > 0)::INTEGER), 4) AS positive,
+           round(quantile_cont(similarity, 0.25), 4) AS sim_p25,
+           round(quantile_cont(similarity, 0.50), 4) AS sim_median,
+           round(quantile_cont(similarity, 0.75), 4) AS sim_p75,
+           round(avg(zero_shot_loss), 4) AS l_zero,
+           round(avg(one_shot_loss), 4) AS l_one,
+           round(corr(zero_shot_loss, one_shot_loss), 4) AS corr
+    FROM rows GROUP BY dataset ORDER BY dataset = $all, dataset
+"""
+
 CURRENT_COLUMNS = """sample_id, scorer_id, embedder_id, neighbour_id, similarity, zero_shot_loss, one_shot_loss, miwv,
                      n_response_tokens, status, example_truncated"""
 
 
 def assert_current(catalog_dir) -> list[tuple]:
     """score_current and the miwv_scores view over it equal the old join, row for row, and the
-    overview's counts equal the old ones; returns score_current's rows."""
+    overview's counts and the report's summary equal the old ones; returns score_current's rows."""
     with Catalog(catalog_dir).read() as conn:
         oracle = db.execute(conn, f"{OLD_VIEW_SQL} ORDER BY ALL")
         assert db.execute(conn, "SELECT * FROM miwv_scores ORDER BY ALL") == oracle
         table = db.execute(conn, f"SELECT {CURRENT_COLUMNS} FROM score_current ORDER BY ALL")
         assert table == db.execute(conn, f"SELECT {CURRENT_COLUMNS} FROM ({OLD_VIEW_SQL}) ORDER BY ALL")
         assert db.execute(conn, SCORES_SQL) == db.execute(conn, OLD_SCORES_SQL)
+        for scorer, embedder in db.execute(conn, "SELECT DISTINCT scorer_id, embedder_id FROM score_run"):
+            params = {"scorer": scorer, "embedder": embedder, "all": ALL}
+            summary, old_summary = (db.execute(conn, inline(sql, params)) for sql in (SUMMARY_SQL, OLD_SUMMARY_SQL))
+            assert repr(summary) == repr(old_summary)  # repr: a one-sample correlation is NaN on both sides
     return table
 
 
