@@ -11,8 +11,8 @@ import pyarrow as pa
 from catalog import db
 from catalog.choices import STRATEGIES
 from catalog.datasets import require_dataset
-from catalog.errors import UserError
-from catalog.export import Exported, export_samples
+from catalog.errors import ArgumentError, UserError
+from catalog.export import Exported, export_selected
 from catalog.query import run_read_only
 from catalog.store import Catalog
 
@@ -49,9 +49,11 @@ class Selection:
 def selection_sql(request: Request) -> str:
     """The query that makes the selection: copy it, adapt it, run it with `cli.py sql`."""
     if request.strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {request.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        raise ArgumentError(
+            f"{{0}} must be one of {', '.join(STRATEGIES)}", "strategy", detail=f"got {request.strategy!r}"
+        )
     if (request.top_k is None) == (request.top_percent is None):
-        raise UserError("give exactly one of --top-k and --top-percent")
+        raise ArgumentError("give exactly one of {0} and {1}", "top_k", "top_percent")
     if request.strategy == "random":
         ranked = "SELECT sample_id, NULL::DOUBLE AS score FROM pool"
         order = f"md5(sample_id::VARCHAR || ':{int(request.seed)}')"
@@ -80,10 +82,12 @@ def select(
     file_format: str | None = None,
     shape: str | None = None,
     with_scores: bool = False,
+    for_: str | None = None,
 ) -> tuple[Selection, Exported | None]:
-    """Run the selection query read-only (--where is user SQL), write the samples to `out` (if
-    given; see catalog.export), then record the selection and its ranked members in one
-    transaction. A failure at any step records nothing and leaves `out` as it was.
+    """Run the selection query read-only (`where` is user SQL), write the samples to `out` (if
+    given; see catalog.export: in a trainer's own layout when `for_` names one), then record
+    the selection and its ranked members in one transaction. A failure at any step records
+    nothing and leaves `out` as it was.
     """
     sql = selection_sql(request)
     with catalog.read() as conn:
@@ -92,7 +96,7 @@ def select(
             chosen = run_read_only(conn, sql, allowed=("SELECT",))
         except UserError as error:
             raise (
-                UserError(f"--where {request.where!r} is not one SQL condition on the `samples` view ({error})")
+                ArgumentError("{0} is not one SQL condition on the `samples` view", "where", detail=str(error))
                 if request.where
                 else error
             ) from None
@@ -102,7 +106,7 @@ def select(
     chosen_ids = chosen["sample_id"].to_pylist()
     exported = None
     if out is not None:
-        exported = export_samples(
+        exported = export_selected(
             catalog,
             chosen_ids,
             out,
@@ -111,6 +115,7 @@ def select(
             with_scores,
             request.scorer_id,
             request.embedder_id,
+            for_,
         )
     with catalog.write() as conn:
         selection_id = db.next_id(conn, "selection", "selection_id")
