@@ -8,7 +8,7 @@ DEMO ?= demo-catalog
 DEMO_SCORED ?= 300
 CLI := HF_HUB_OFFLINE=1 $(BIN)/python cli.py --catalog $(DEMO)
 
-.PHONY: demo test lint bench clean-demo
+.PHONY: demo test test-fast lint bench clean-demo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# Skips the tests marked slow (real models, subprocess pipelines): under a minute.
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

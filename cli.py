@@ -7,6 +7,8 @@ for people, or with --json as one JSON object (the result's as_dict()) for scrip
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -45,7 +47,7 @@ class Cli(click.Group):
             ctx.exit(130)
 
 
-def _flag_namer(command: click.Command | None):
+def _flag_namer(command: click.Command | None) -> Callable[[str], str]:
     """API argument name -> the command's flag for it ("top_k" -> "--top-k"), else the name itself."""
     flags = {p.name: p.opts[0] for p in (command.params if command else []) if isinstance(p, click.Option)}
     return lambda name: flags.get(name, name)
@@ -56,7 +58,7 @@ def json_option(command):
     return click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")(command)
 
 
-def emit(result, as_json: bool, human) -> None:
+def emit(result: Any, as_json: bool, human: Callable[[Any], None]) -> None:
     """The result as JSON (its as_dict()) or through its human printer from terminal.render."""
     from terminal.render import print_json
 

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 
-def open(path: str | os.PathLike | None = None, busy_timeout: float | None = None) -> Catalog:  # noqa: A001
+def open(path: str | os.PathLike | None = None, busy_timeout: float | None = None) -> Catalog:
     """The catalog at `path` (default: env MIWV_CATALOG, else ./miwv-catalog); created by the first ingest.
 
     Args:
@@ -90,10 +90,10 @@ class _AsDict:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.repr}
 
 
-def _from(cls, result, **more):
-    """The job's `result` (a dataclass of the same fields) as the API's `cls`; the jobs import
-    torch, so their result classes cannot be the API's without slowing `import miwv`."""
-    return cls(**{f.name: getattr(result, f.name) for f in fields(cls) if f.name not in more}, **more)
+def _from(cls, result):
+    """The library's `result` as the API's `cls`, field by field. The jobs' own result classes
+    live beside torch code, so importing them here would slow `import miwv` by seconds."""
+    return cls(**{f.name: getattr(result, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,8 @@ class Reported(_AsDict):
 
 @dataclass(frozen=True)
 class Upgraded(_AsDict):
+    """What `upgrade` did."""
+
     catalog: Path
     revision: str  # the schema revision the catalog is now at
 
@@ -213,7 +215,7 @@ class Selection(_AsDict):
     def write(
         self,
         path: str | os.PathLike,
-        format: str | None = None,  # noqa: A002
+        format: str | None = None,
         shape: str | None = None,
         with_scores: bool = False,
         for_: str | None = None,
@@ -375,7 +377,7 @@ class Catalog:
         embedder: str | None = None,
         scorer_id: int | None = None,
         out: str | os.PathLike | None = None,
-        format: str | None = None,  # noqa: A002
+        format: str | None = None,
         shape: str | None = None,
         with_scores: bool = False,
         for_: str | None = None,
