@@ -28,7 +28,7 @@ def test_readme_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
         exec(compile(block, str(REPO / "README.md"), "exec"), namespace)
     # What its comments say it does, it does.
     printed = capsys.readouterr().out.splitlines()
-    assert printed[:2] == ["180 new samples", "24"]
+    assert printed[:2] == ["180 new samples", "12"]
     top = namespace["top"]
     assert printed[2].startswith(f"{top.selection_id} 3 ")
     assert len((tmp_path / "top3.jsonl").read_text().splitlines()) == 3
