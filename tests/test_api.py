@@ -35,7 +35,7 @@ def test_import_miwv_is_fast_and_loads_no_model_library():
         [sys.executable, "-c", IMPORT_PROBE], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split("\n")
     assert probe[1] == ""  # torch & co. load inside the methods that need them
-    assert float(probe[0]) < 3.0  # about 1 s here, most of it SQLAlchemy and pyarrow
+    assert float(probe[0]) < 4.0  # about 1 s here (SQLAlchemy, pyarrow); torch alone would add seconds
 
 
 def test_open_takes_a_path_else_the_env_else_the_default(tmp_path, monkeypatch):
