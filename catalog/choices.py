@@ -29,3 +29,4 @@ STRATEGIES: dict[str, tuple[str, str] | None] = {
 }
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
 EXPORT_SHAPES = ("alpaca", "messages")
+EXPORT_TARGETS = ("llamafactory",)  # trainers whose own dataset layout `select --for` writes (data + description)

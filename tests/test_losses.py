@@ -12,6 +12,8 @@ from scoring.passes import PassRunner
 from scoring.sequences import Sequence, SequenceBuilder
 from tests.conftest import fixture_records
 
+pytestmark = pytest.mark.slow  # the SmolLM2 tokenizer (session fixture loads the model)
+
 
 def hf_mean_nll(model, sequence: Sequence) -> float:
     """The independent reference: HF's own loss with every non-response label masked."""
