@@ -214,13 +214,18 @@ def as_read_by_llamafactory(record: dict, entry: dict) -> int:
 @pytest.mark.parametrize("shape", ["alpaca", "messages"])
 def test_llamafactory_folder_holds_the_selection_and_its_dataset_info_entry(mixed_shapes, tmp_path, shape):
     out = tmp_path / "lf_data"
-    out.mkdir()
-    (out / "dataset_info.json").write_text(json.dumps({"alpaca_en": {"file_name": "alpaca_en.json"}}))
+    theirs = tmp_path / "their_data"  # a LLaMA-Factory data folder of the user's: never overwritten
+    theirs.mkdir()
+    (theirs / "dataset_info.json").write_text(json.dumps({"alpaca_en": {"file_name": "alpaca_en.json"}}))
     top = mixed_shapes.select(strategy="random", top_percent=100, dataset="chats")
+    with pytest.raises(miwv.UserError, match="did not write"):
+        top.write(theirs, for_="llamafactory")
+    assert json.loads((theirs / "dataset_info.json").read_text()) == {"alpaca_en": {"file_name": "alpaca_en.json"}}
     written = top.write(out, shape=shape if shape == "messages" else None, for_="llamafactory")
     assert (written.file_format, written.shape, written.rows) == ("llamafactory", shape, 3)
+    top.write(out, shape=shape if shape == "messages" else None, for_="llamafactory")  # its own folder: replaced
     info = json.loads((out / "dataset_info.json").read_text())
-    assert info["alpaca_en"] == {"file_name": "alpaca_en.json"}  # entries already there are kept
+    assert list(info) == ["lf_data"]
     entry = info["lf_data"]
     assert entry["file_name"] == "lf_data.jsonl"
     if shape == "alpaca":
