@@ -15,10 +15,10 @@ from typing import Any
 import pyarrow as pa
 
 from catalog import db
+from catalog.choices import COLUMN_TARGETS
 from catalog.errors import InvalidInput
 from catalog.readers import Row, RowSource, read_file, record_json
 from catalog.records import (
-    COLUMN_TARGETS,
     SHAPES,
     RecordError,
     Sample,
