@@ -11,15 +11,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-import catalog.ingest
 import miwv
 from catalog.records import Sample, alpaca_user_text, to_sample
 from tests.conftest import FIXTURE, REPO, CliRun, fixture_records, write_jsonl
-
-NEEDS_INGEST_ROWS = pytest.mark.skipif(
-    not hasattr(catalog.ingest, "ingest_rows"),
-    reason="catalog.ingest.ingest_rows (in-memory rows) comes from the ingest branch; the lead removes this at merge",
-)
 
 IMPORT_PROBE = """
 import sys, time
@@ -162,8 +156,8 @@ def test_rows_in_memory_need_a_dataset(catalog_dir):
         miwv.open(catalog_dir).ingest(fixture_records()[:3])
 
 
-@NEEDS_INGEST_ROWS
 def test_rows_in_memory_ingest_like_the_file_they_came_from(catalog_dir):
+    import datasets
     import pandas as pd
     import pyarrow as pa
 
@@ -172,6 +166,7 @@ def test_rows_in_memory_ingest_like_the_file_they_came_from(catalog_dir):
     assert cat.ingest(rows, dataset="dicts").rows_new == 30
     assert cat.ingest(pd.DataFrame(rows), dataset="frame").rows_duplicate == 30
     assert cat.ingest(pa.Table.from_pylist(rows), dataset="arrow").rows_duplicate == 30
+    assert cat.ingest(datasets.Dataset.from_list(rows), dataset="hf").rows_duplicate == 30
     assert set(cat.sql("SELECT sample_id FROM samples")["sample_id"].to_pylist()) == set(ids_of(rows))
 
 
