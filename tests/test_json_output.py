@@ -18,7 +18,7 @@ def api_fields(result_class) -> set[str]:
     return {f.name for f in fields(result_class) if f.repr}
 
 
-@pytest.mark.parametrize("name", sorted(cli.commands))
+@pytest.mark.parametrize("name", sorted(set(cli.commands) - {"serve"}))  # serve reports nothing: it serves
 def test_every_command_has_json_output(name):
     assert any("--json" in param.opts for param in cli.commands[name].params)
 
