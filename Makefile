@@ -8,7 +8,7 @@ DEMO ?= demo-catalog
 DEMO_SCORED ?= 300
 CLI := HF_HUB_OFFLINE=1 $(BIN)/python cli.py --catalog $(DEMO)
 
-.PHONY: demo test lint bench clean-demo browser
+.PHONY: demo test test-fast lint bench clean-demo browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ browser:
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# Skips the tests marked slow (real models, subprocess pipelines): under a minute.
+test-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

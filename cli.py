@@ -1,16 +1,20 @@
 """miwv: pick the instruction-tuning data a model is weakest on, by MIWV, from an SQL catalog.
 
-Each command parses its arguments and calls the library (catalog/, scoring/).
+Each command parses its arguments, calls the Python API (miwv.py) and prints its result:
+for people, or with --json as one JSON object (the result's as_dict()) for scripts.
 """
 
 from __future__ import annotations
 
 import errno
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import click
 
-from catalog import DEFAULT_PATH, Catalog, UserError
+import miwv
+from catalog import DEFAULT_PATH
 from catalog.choices import (
     DEFAULT_EMBEDDER,
     DEVICE_HELP,
@@ -18,6 +22,7 @@ from catalog.choices import (
     EXACT_LIMIT,
     EXPORT_FORMATS,
     EXPORT_SHAPES,
+    EXPORT_TARGETS,
     NEIGHBOUR_METHODS,
     POOLINGS,
     RECORD_SHAPES,
@@ -27,7 +32,7 @@ from catalog.choices import (
 from catalog.errors import StorageError
 
 # Commands that only read the catalog: they never change its file (an old schema is refused, not upgraded).
-READ_COMMANDS = ("status", "sql", "selections", "report")
+READ_COMMANDS = ("status", "sql", "selections", "report", "serve")
 
 
 class Cli(click.Group):
@@ -37,7 +42,10 @@ class Cli(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except UserError as error:
+        except miwv.ArgumentError as error:
+            click.echo(f"Error: {error.worded(_flag_namer(self.get_command(ctx, ctx.invoked_subcommand)))}", err=True)
+            ctx.exit(error.exit_code)
+        except miwv.UserError as error:
             click.echo(f"Error: {error}", err=True)
             ctx.exit(error.exit_code)
         except OSError as error:
@@ -46,22 +54,6 @@ class Cli(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted. Work committed so far is kept; run the command again to continue.", err=True)
             ctx.exit(130)
-
-
-@click.group(cls=Cli)
-@click.option(
-    "--catalog",
-    "catalog_path",
-    envvar="MIWV_CATALOG",
-    default=DEFAULT_PATH,
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Catalog directory (env MIWV_CATALOG).",
-)
-@click.pass_context
-def cli(ctx: click.Context, catalog_path: str) -> None:
-    """SQL-backed, incremental MIWV data selection."""
-    ctx.obj = Catalog(catalog_path, auto_upgrade=ctx.invoked_subcommand not in READ_COMMANDS)
 
 
 def os_error_line(error: OSError) -> str:
@@ -87,6 +79,40 @@ def column_map(ctx: click.Context, param: click.Parameter, value: str | None) ->
     return {target.strip(): source.strip() for target, _, source in pairs}
 
 
+def _flag_namer(command: click.Command | None) -> Callable[[str], str]:
+    """API argument name -> the command's flag for it ("top_k" -> "--top-k"), else the name itself."""
+    flags = {p.name: p.opts[0] for p in (command.params if command else []) if isinstance(p, click.Option)}
+    return lambda name: flags.get(name, name)
+
+
+def json_option(command):
+    """--json: print the result as one JSON object, the fields of its as_dict()."""
+    return click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")(command)
+
+
+def emit(result: Any, as_json: bool, human: Callable[[Any], None]) -> None:
+    """The result as JSON (its as_dict()) or through its human printer from terminal.render."""
+    from terminal.render import print_json
+
+    print_json(result.as_dict()) if as_json else human(result)
+
+
+@click.group(cls=Cli)
+@click.option(
+    "--catalog",
+    "catalog_path",
+    envvar="MIWV_CATALOG",
+    default=DEFAULT_PATH,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Catalog directory (env MIWV_CATALOG).",
+)
+@click.pass_context
+def cli(ctx: click.Context, catalog_path: str) -> None:
+    """SQL-backed, incremental MIWV data selection."""
+    ctx.obj = miwv.open(catalog_path, auto_upgrade=ctx.invoked_subcommand not in READ_COMMANDS)
+
+
 @cli.command()
 @click.argument("path")
 @click.option("--dataset", help="Dataset the rows belong to (default: the file or folder name without extensions).")
@@ -107,7 +133,7 @@ def column_map(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def ingest(
-    catalog: Catalog,
+    catalog: miwv.Catalog,
     path: str,
     dataset: str | None,
     shape: str | None,
@@ -123,29 +149,20 @@ def ingest(
     PATH is ingested whole or not at all. Samples already in the catalog (same content)
     are not added again; their membership in --dataset is recorded.
     """
-    from catalog.ingest import ingest_file
-    from terminal.render import print_json
+    from terminal.render import print_ingested
 
-    result = ingest_file(catalog, path, dataset, shape, skip_invalid, columns, split)
-    if as_json:
-        print_json(result.as_dict())
-        return
-    click.echo(
-        f"ingest {result.ingest_id}: {result.path} -> dataset {result.dataset!r} ({result.record_shape}): "
-        f"{result.rows_read} rows read, {result.rows_new} new, {result.rows_duplicate} duplicates, "
-        f"{result.rows_rejected} rejected in {result.seconds:.2f} s"
-    )
+    result = catalog.ingest(path, dataset, shape=shape, skip_invalid=skip_invalid, columns=columns, split=split)
+    emit(result, as_json, print_ingested)
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 @click.pass_obj
-def status(catalog: Catalog, as_json: bool) -> None:
+def status(catalog: miwv.Catalog, as_json: bool) -> None:
     """Show samples per dataset, ingest batches, embeddings, neighbours and scores."""
-    from catalog.status import catalog_status
     from terminal.render import print_json, print_status
 
-    result = catalog_status(catalog)
+    result = catalog.status()
     if as_json:
         print_json(result)
         return
@@ -160,14 +177,13 @@ def status(catalog: Catalog, as_json: bool) -> None:
 @click.option("--json", "output", flag_value="json", help="Print one JSON object per row.")
 @click.option("--timeout", type=float, help="Stop the query after this many seconds.")
 @click.pass_obj
-def sql(catalog: Catalog, query: str, output: str | None, timeout: float | None) -> None:
+def sql(catalog: miwv.Catalog, query: str, output: str | None, timeout: float | None) -> None:
     """Run one read-only QUERY against the catalog (views: samples, rejects, neighbours, miwv_scores).
 
     The query reads only the catalog: no other file can be read or written."""
-    from catalog.query import run_query
     from terminal.render import print_arrow
 
-    print_arrow(run_query(catalog, query, timeout), output or "table")
+    print_arrow(catalog.sql(query, timeout), output or "table")
 
 
 def neighbour_search_options(command):
@@ -220,9 +236,10 @@ def ray_options(command):
 @click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
 @neighbour_search_options
 @ray_options
+@json_option
 @click.pass_obj
 def embed(
-    catalog: Catalog,
+    catalog: miwv.Catalog,
     embedder: str,
     pooling: str,
     device: str,
@@ -231,21 +248,25 @@ def embed(
     exact_limit: int,
     workers: int | None,
     ray_address: str | None,
+    as_json: bool,
 ) -> None:
     """Embed samples that lack a vector, then update nearest-neighbour links.
 
     Only new samples are embedded; old samples get a new neighbour only where a new one is nearer.
     """
-    from scoring.embed import embed_missing
-    from scoring.neighbours import link_neighbours
+    from terminal.render import print_embedded
 
-    embedded = embed_missing(catalog, embedder, pooling, device, batch_size, workers, ray_address)
-    click.echo(
-        f"embedder {embedded.embedder.name} ({embedded.embedder.pooling} pooling, "
-        f"{embedded.embedder.dimension} dims): {embedded.embedded} embedded, {embedded.total} in all "
-        f"({embedded.seconds:.1f} s)"
+    result = catalog.embed(
+        embedder,
+        pooling=pooling,
+        device=device,
+        batch_size=batch_size,
+        method=method,
+        exact_limit=exact_limit,
+        workers=workers,
+        ray_address=ray_address,
     )
-    _echo_links(link_neighbours(catalog, embedded.embedder, method=method, exact_limit=exact_limit, device=device))
+    emit(result, as_json, print_embedded)
 
 
 @cli.command()
@@ -253,23 +274,22 @@ def embed(
 @click.option("--rebuild", is_flag=True, help="Recompute every link from scratch (writes only those that differ).")
 @neighbour_search_options
 @click.option("--device", default="auto", show_default=True, help="Where the exact search runs: " + DEVICE_HELP)
+@json_option
 @click.pass_obj
 def neighbours(
-    catalog: Catalog, embedder: str | None, rebuild: bool, method: str, exact_limit: int, device: str
+    catalog: miwv.Catalog,
+    embedder: str | None,
+    rebuild: bool,
+    method: str,
+    exact_limit: int,
+    device: str,
+    as_json: bool,
 ) -> None:
     """Update (or --rebuild) nearest-neighbour links of embedded samples."""
-    from catalog.embed import find_embedder
-    from scoring.neighbours import link_neighbours
+    from terminal.render import print_linked
 
-    _echo_links(link_neighbours(catalog, find_embedder(catalog, embedder), rebuild, method, exact_limit, device))
-
-
-def _echo_links(result) -> None:
-    click.echo(
-        f"neighbours ({result.embedder}, {result.method}, {result.mode}): {result.samples} samples, "
-        f"{result.new_samples} new, {result.changed} links written, {result.without_neighbour} without "
-        f"a neighbour ({result.seconds:.1f} s)"
-    )
+    result = catalog.neighbours(embedder, rebuild=rebuild, method=method, exact_limit=exact_limit, device=device)
+    emit(result, as_json, print_linked)
 
 
 @cli.command()
@@ -314,9 +334,10 @@ def _echo_links(result) -> None:
     show_default=True,
     help="GPUs of one node each Ray worker spreads its model over (a model too big for one GPU).",
 )
+@json_option
 @click.pass_obj
 def score(
-    catalog: Catalog,
+    catalog: miwv.Catalog,
     model: str,
     embedder: str | None,
     template: str | None,
@@ -330,13 +351,13 @@ def score(
     workers: int | None,
     ray_address: str | None,
     gpus_per_worker: int,
+    as_json: bool,
 ) -> None:
     """Compute the MIWV losses of MODEL that are missing: zero-shot where absent, one-shot where
     there is none for the sample's current neighbour. Interrupt and rerun at will."""
-    from scoring.score import score_catalog
+    from terminal.render import print_scored
 
-    result = score_catalog(
-        catalog,
+    result = catalog.score(
         model,
         embedder=embedder,
         template=template,
@@ -351,24 +372,20 @@ def score(
         ray_address=ray_address,
         gpus_per_worker=gpus_per_worker,
     )
-    click.echo(
-        f"scored {result.model} (scorer {result.scorer_id}, {result.template} template, max length "
-        f"{result.max_length}, {result.device}{f' x {result.workers} workers' if result.workers > 1 else ''}): "
-        f"pool {result.pool}, {result.samples} needed passes, "
-        f"{result.passes} passes ({result.unscorable} unscorable), {result.tokens_run} tokens run "
-        f"in {result.seconds:.1f} s"
-    )
-    if result.not_linked:
-        click.echo(f"{result.not_linked} pool samples have no neighbour link yet: run `python cli.py embed` first")
+    emit(result, as_json, print_scored)
 
 
 @cli.command()
-def models() -> None:
+@json_option
+def models(as_json: bool) -> None:
     """List model aliases and whether their weights are here."""
-    from scoring.models import describe_aliases
-    from terminal.render import print_rows
+    from terminal.render import print_json, print_rows
 
-    print_rows(describe_aliases(), title="model aliases (a local HF folder or a .gguf file also works as --model)")
+    aliases = miwv.models()
+    if as_json:
+        print_json({"models": aliases})
+    else:
+        print_rows(aliases, title="model aliases (a local HF folder or a .gguf file also works as --model)")
 
 
 @cli.command("select")
@@ -400,9 +417,16 @@ def models() -> None:
 )
 @click.option("--with-scores", is_flag=True, help="Add miwv, zero_shot_loss, one_shot_loss, neighbour_similarity.")
 @click.option("--show-sql", is_flag=True, help="Print the selection query (run it yourself with `cli.py sql`).")
+@click.option(
+    "--for",
+    "for_",
+    type=click.Choice(EXPORT_TARGETS),
+    help="--out is a folder for this trainer: the data and its dataset_info.json entry (LLaMA-Factory).",
+)
+@json_option
 @click.pass_obj
 def select_command(
-    catalog: Catalog,
+    catalog: miwv.Catalog,
     model: str | None,
     top_percent: float | None,
     top_k: int | None,
@@ -417,47 +441,41 @@ def select_command(
     shape: str | None,
     with_scores: bool,
     show_sql: bool,
+    for_: str | None,
+    as_json: bool,
 ) -> None:
     """Select the top K% (or K) of a pool, record the selection, and optionally write it out."""
-    from catalog.select import Request, select
+    from terminal.render import print_selection
 
-    scorer, links = _scores_for(catalog, model, scorer_id, embedder, required=strategy != "random")
-    request = Request(strategy, top_k, top_percent, dataset, where, seed, scorer, links)
-    selection, exported = select(catalog, request, out, file_format, shape, with_scores)
-    if show_sql:
-        click.echo(selection.sql + ";")
-    excluded = ", ".join(f"{count} {reason}" for reason, count in sorted(selection.excluded.items())) or "none"
-    click.echo(
-        f"selection {selection.selection_id} ({strategy}): pool {selection.pool_size}, eligible "
-        f"{selection.eligible} (excluded: {excluded}), selected {len(selection.sample_ids)}"
+    selection = catalog.select(
+        model,
+        top_k=top_k,
+        top_percent=top_percent,
+        strategy=strategy,
+        dataset=dataset,
+        where=where,
+        seed=seed,
+        embedder=embedder,
+        scorer_id=scorer_id,
+        out=out,
+        format=file_format,
+        shape=shape,
+        with_scores=with_scores,
+        for_=for_,
     )
-    if exported:
-        click.echo(f"wrote {exported.rows} samples ({exported.shape}, {exported.file_format}) to {exported.path}")
-
-
-def _scores_for(
-    catalog: Catalog, model: str | None, scorer_id: int | None, embedder: str | None, required: bool
-) -> tuple[int | None, int | None]:
-    """(scorer_id, embedder_id) for --model/--scorer/--embedder; (None, None) when no model is named."""
-    from catalog.embed import find_embedder
-    from catalog.score import find_scorer
-
-    if model is None:
-        if required:
-            raise UserError("--model is required (whose scores rank the pool), except for --strategy random")
-        return None, None
-    return find_scorer(catalog, model, scorer_id).scorer_id, find_embedder(catalog, embedder).embedder_id
+    if show_sql and not as_json:
+        click.echo(selection.sql + ";")
+    emit(selection, as_json, print_selection)
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_obj
-def selections(catalog: Catalog, as_json: bool) -> None:
+def selections(catalog: miwv.Catalog, as_json: bool) -> None:
     """List recorded selections (their samples: the selection_member table)."""
-    from catalog.select import list_selections
     from terminal.render import print_json, print_rows
 
-    rows = list_selections(catalog)
+    rows = catalog.selections()
     columns = [
         "selection_id",
         "strategy",
@@ -471,7 +489,10 @@ def selections(catalog: Catalog, as_json: bool) -> None:
         "output",
         "created_at",
     ]
-    print_json(rows) if as_json else print_rows(rows, title="selections (newest first)", columns=columns)
+    if as_json:
+        print_json({"selections": rows})
+    else:
+        print_rows(rows, title="selections (newest first)", columns=columns)
 
 
 @cli.command()
@@ -479,16 +500,15 @@ def selections(catalog: Catalog, as_json: bool) -> None:
 @click.option("--embedder", help="Whose neighbours the scores used (default: minilm, or the only one).")
 @click.option("--scorer", "scorer_id", type=int, help="Which scorer of --model (default: its newest).")
 @click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True)
+@json_option
 @click.pass_obj
-def report(catalog: Catalog, model: str, embedder: str | None, scorer_id: int | None, out: str) -> None:
+def report(
+    catalog: miwv.Catalog, model: str, embedder: str | None, scorer_id: int | None, out: str, as_json: bool
+) -> None:
     """Write MIWV histograms and a per-dataset summary (summary.md) to --out, and print the summary."""
-    from catalog.report import write_report
-    from terminal.render import print_rows
+    from terminal.render import print_report
 
-    scorer, links = _scores_for(catalog, model, scorer_id, embedder, required=True)
-    result = write_report(catalog, scorer, links, model, out)
-    print_rows(result.summary, title=f"MIWV of {model} per dataset ({result.scorer})")
-    click.echo("wrote " + ", ".join(str(path) for path in result.files))
+    emit(catalog.report(model, out, embedder=embedder, scorer_id=scorer_id), as_json, print_report)
 
 
 @cli.command()
@@ -497,18 +517,19 @@ def report(catalog: Catalog, model: str, embedder: str | None, scorer_id: int | 
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
 @click.pass_obj
-def serve(catalog: Catalog, host: str, port: int) -> None:
+def serve(catalog: miwv.Catalog, host: str, port: int) -> None:
     """Explore the catalog in a browser: samples, neighbours, scores, selections (read-only)."""
-    from web.app import serve as serve_app
-
-    serve_app(catalog, host, port)
+    catalog.serve(host, port)
 
 
 @cli.command()
+@json_option
 @click.pass_obj
-def upgrade(catalog: Catalog) -> None:
-    """Apply pending schema migrations (every command that writes also does this when it opens the catalog)."""
-    click.echo(f"catalog {catalog.path} is at schema revision {catalog.upgrade()}")
+def upgrade(catalog: miwv.Catalog, as_json: bool) -> None:
+    """Apply pending schema migrations (every command also does this when it opens the catalog)."""
+    from terminal.render import print_upgraded
+
+    emit(catalog.upgrade(), as_json, print_upgraded)
 
 
 def main() -> None:

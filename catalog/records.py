@@ -18,7 +18,6 @@ from typing import Any
 from catalog.choices import RECORD_SHAPES
 
 SHAPES = RECORD_SHAPES
-COLUMN_TARGETS = ("instruction", "input", "output", "system", "history", "conversations", "messages")
 
 _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 _OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}

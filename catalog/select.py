@@ -12,7 +12,7 @@ import pyarrow as pa
 from catalog import db
 from catalog.choices import STRATEGIES
 from catalog.datasets import require_dataset
-from catalog.errors import UserError
+from catalog.errors import ArgumentError, UserError
 from catalog.export import Exported, Stage, check_target, staged, write_samples
 from catalog.query import run_read_only
 from catalog.store import Catalog
@@ -50,7 +50,9 @@ class Selection:
 def selection_sql(request: Request) -> str:
     """The query that makes the selection: copy it, adapt it, run it with `cli.py sql`."""
     if request.strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {request.strategy!r}; use one of {', '.join(STRATEGIES)}")
+        raise ArgumentError(
+            f"{{0}} must be one of {', '.join(STRATEGIES)}", "strategy", detail=f"got {request.strategy!r}"
+        )
     _check_numbers(request)
     if request.strategy == "random":
         ranked = "SELECT sample_id, NULL::DOUBLE AS score FROM pool"
@@ -79,15 +81,21 @@ INT32 = (-(2**31), 2**31 - 1)  # selection.top_k and selection.seed are INTEGER 
 def _check_numbers(request: Request) -> None:
     """Refuse counts, percentages and seeds the selection tables cannot hold, before any work."""
     if (request.top_k is None) == (request.top_percent is None):
-        raise UserError("give exactly one of --top-k and --top-percent")
+        raise ArgumentError("give exactly one of {0} and {1}", "top_k", "top_percent")
     if request.top_k is not None and not (isinstance(request.top_k, int) and 1 <= request.top_k <= INT32[1]):
-        raise UserError(f"--top-k must be a whole number from 1 to {INT32[1]}; got {request.top_k}")
+        raise ArgumentError(
+            f"{{0}} must be a whole number from 1 to {INT32[1]}", "top_k", detail=f"got {request.top_k}"
+        )
     if request.top_percent is not None and not (
         isinstance(request.top_percent, int | float) and 0 < request.top_percent <= 100
     ):
-        raise UserError(f"--top-percent must be a number above 0 and at most 100; got {request.top_percent}")
+        raise ArgumentError(
+            "{0} must be a number above 0 and at most 100", "top_percent", detail=f"got {request.top_percent}"
+        )
     if not (isinstance(request.seed, int) and INT32[0] <= request.seed <= INT32[1]):
-        raise UserError(f"--seed must be a whole number from {INT32[0]} to {INT32[1]}; got {request.seed}")
+        raise ArgumentError(
+            f"{{0}} must be a whole number from {INT32[0]} to {INT32[1]}", "seed", detail=f"got {request.seed}"
+        )
 
 
 def select(
@@ -97,22 +105,25 @@ def select(
     file_format: str | None = None,
     shape: str | None = None,
     with_scores: bool = False,
+    for_: str | None = None,
 ) -> tuple[Selection, Exported | None]:
-    """Run the selection query read-only (--where is user SQL), write the samples to a staging
-    path beside `out` (if given; see catalog.export), then record the selection and its ranked
-    members in one transaction, moving the file into place just before it commits. A failure at
-    any step records nothing and leaves `out` as it was; an `out` this tool may not overwrite is
-    refused before anything runs.
+    """Run the selection query read-only (`where` is user SQL), write the samples to a staging
+    path beside `out` (if given; see catalog.export: in a trainer's own layout when `for_` names
+    one), then record the selection and its ranked members in one transaction, moving the file
+    into place just before it commits. A failure at any step records nothing and leaves `out` as
+    it was; an `out` this tool may not overwrite is refused before anything runs.
     """
     sql = selection_sql(request)
-    target = check_target(catalog, out, file_format) if out is not None else None
+    if for_ is not None and file_format is not None:
+        raise ArgumentError("give at most one of {0} and {1}", "file_format", "for_")
+    target = check_target(catalog, out, for_ or file_format) if out is not None else None
     with catalog.read() as conn:
         require_dataset(conn, request.dataset)
         try:
             chosen = run_read_only(conn, sql, allowed=("SELECT",))
         except UserError as error:
             raise (
-                UserError(f"--where {request.where!r} is not one SQL condition on the `samples` view ({error})")
+                ArgumentError("{0} is not one SQL condition on the `samples` view", "where", detail=str(error))
                 if request.where
                 else error
             ) from None

@@ -13,7 +13,7 @@ import fcntl
 import math
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,20 +81,17 @@ class Catalog:
             )
 
     @contextmanager
-    def write(
-        self, wait: bool = False, on_wait: Callable[[CatalogBusy], None] | None = None
-    ) -> Iterator[sa.Connection]:
+    def write(self) -> Iterator[sa.Connection]:
         """One write transaction, committed when the block ends without error.
 
         Creates the catalog on first use and applies pending migrations. While another process
-        holds the file it retries for `busy_timeout` seconds, then raises CatalogBusy; with
-        `wait=True` it retries until it gets in, calling `on_wait(busy)` about every 30 s.
+        holds the file it retries for `busy_timeout` seconds, then raises CatalogBusy (a long job
+        retries that itself: scoring.commits).
         """
         if not self._schema_checked and self.exists():
             self._stored_revision()  # refuses a foreign database before opening it for writing
         _make_dir(self.path)
-        timeout = None if wait else self.busy_timeout
-        with db.connect(self.db_path, read_only=False, busy_timeout=timeout, on_wait=on_wait) as conn:
+        with db.connect(self.db_path, read_only=False, busy_timeout=self.busy_timeout) as conn:
             if not self._schema_checked:
                 if self._revision(conn) != migrate.head_revision():
                     migrate.upgrade(conn)

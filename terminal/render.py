@@ -114,3 +114,66 @@ def print_status(status: dict[str, Any]) -> None:
     for key, (title, columns) in sections.items():
         if status.get(key):
             print_rows(status[key], title=title, columns=columns)
+
+
+# One line per API result (miwv.py), for people; --json prints the result's as_dict() instead.
+
+
+def _line(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def print_ingested(result) -> None:
+    _line(
+        f"ingest {result.ingest_id}: {result.path} -> dataset {result.dataset!r} ({result.record_shape}): "
+        f"{result.rows_read} rows read, {result.rows_new} new, {result.rows_duplicate} duplicates, "
+        f"{result.rows_rejected} rejected in {result.seconds:.2f} s"
+    )
+
+
+def print_embedded(result) -> None:
+    _line(
+        f"embedder {result.embedder} ({result.pooling} pooling, {result.dimension} dims): "
+        f"{result.embedded} embedded, {result.total} in all ({result.seconds:.1f} s)"
+    )
+    print_linked(result.neighbours)
+
+
+def print_linked(result) -> None:
+    _line(
+        f"neighbours ({result.embedder}, {result.method}, {result.mode}): {result.samples} samples, "
+        f"{result.new_samples} new, {result.changed} links written, {result.without_neighbour} without "
+        f"a neighbour ({result.seconds:.1f} s)"
+    )
+
+
+def print_scored(result) -> None:
+    _line(
+        f"scored {result.model} (scorer {result.scorer_id}, {result.template} template, max length "
+        f"{result.max_length}, {result.device}{f' x {result.workers} workers' if result.workers > 1 else ''}): "
+        f"pool {result.pool}, {result.samples} needed passes, "
+        f"{result.passes} passes ({result.unscorable} unscorable), {result.tokens_run} tokens run "
+        f"in {result.seconds:.1f} s"
+    )
+    if result.not_linked:
+        _line(f"{result.not_linked} pool samples have no neighbour link yet: run `python cli.py embed` first")
+
+
+def print_selection(result) -> None:
+    excluded = ", ".join(f"{count} {reason}" for reason, count in sorted(result.excluded.items())) or "none"
+    _line(
+        f"selection {result.selection_id} ({result.strategy}): pool {result.pool_size}, eligible "
+        f"{result.eligible} (excluded: {excluded}), selected {result.selected}"
+    )
+    if result.output:
+        written = result.output
+        _line(f"wrote {written.rows} samples ({written.shape}, {written.file_format}) to {written.path}")
+
+
+def print_report(result) -> None:
+    print_rows(result.summary, title=f"MIWV of {result.model} per dataset ({result.scorer})")
+    _line("wrote " + ", ".join(str(path) for path in result.files))
+
+
+def print_upgraded(result) -> None:
+    _line(f"catalog {result.catalog} is at schema revision {result.revision}")

@@ -1,13 +1,14 @@
-"""Shared fixtures: real rows (tests/data, ../shared/data), temp catalogs, a CLI runner."""
+"""Shared fixtures: real rows (tests/data, ../shared/data), temp catalogs, the CLI runner."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -32,15 +33,29 @@ def catalog_dir(tmp_path: Path) -> Path:
     return tmp_path / "catalog"
 
 
+class CliRun:
+    """`cli.py --catalog CATALOG ARGS...`, in-process through click's CliRunner: the one way tests
+    drive the CLI (a subprocess only where a test must kill it). Bugs raise; user errors exit != 0."""
+
+    def __init__(self, catalog: Path) -> None:
+        self.catalog = Path(catalog)
+
+    def __call__(self, *args: Any) -> Result:
+        from cli import cli
+
+        return CliRunner().invoke(cli, ["--catalog", str(self.catalog), *map(str, args)], catch_exceptions=False)
+
+    def json(self, *args: Any) -> Any:
+        """The command's --json result (stdout only: progress bars go to stderr); it must succeed."""
+        result = self(*args, "--json")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+
 @pytest.fixture
-def cli_run(catalog_dir: Path):
-    """Run `cli.py --catalog <tmp> ARGS...` in-process; returns click's Result."""
-    from cli import cli
-
-    def run(*args: str):
-        return CliRunner().invoke(cli, ["--catalog", str(catalog_dir), *map(str, args)], catch_exceptions=False)
-
-    return run
+def cli_run(catalog_dir: Path) -> CliRun:
+    """The CLI on this test's temp catalog."""
+    return CliRun(catalog_dir)
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,14 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from catalog import Catalog, db
 from catalog.embed import find_embedder
 from scoring.neighbours import near_tie_margin
 from tests.conftest import REPO, SHARED_DATA, fixture_records, write_jsonl
+
+pytestmark = pytest.mark.slow  # the real MiniLM
 
 
 def sql_rows(cli_run, query: str) -> list[dict]:
@@ -35,9 +38,8 @@ def test_embed_links_every_sample_to_its_nearest_other_user_text(tmp_path, cli_r
     # Same instruction + input, different responses: exact duplicates of the user text.
     twins = [{**r, "output": r["output"] + " Also, good question."} for r in records[:5]]
     cli_run("ingest", write_jsonl(tmp_path / "rows.jsonl", records + twins), "--dataset", "mix")
-    result = cli_run("embed")
-    assert result.exit_code == 0, result.output
-    assert "65 embedded" in result.output and "65 links written" in result.output
+    result = cli_run.json("embed")
+    assert result["embedded"] == 65 and result["neighbours"]["changed"] == 65
     pairs = sql_rows(
         cli_run,
         """
@@ -62,11 +64,11 @@ def test_embed_links_every_sample_to_its_nearest_other_user_text(tmp_path, cli_r
 
 def test_a_second_run_embeds_nothing_and_a_lone_sample_has_no_neighbour(tmp_path, cli_run):
     cli_run("ingest", write_jsonl(tmp_path / "one.jsonl", fixture_records()[:1]))
-    first = cli_run("embed")
-    assert "1 embedded" in first.output and "1 without a neighbour" in first.output
+    first = cli_run.json("embed")
+    assert first["embedded"] == 1 and first["neighbours"]["without_neighbour"] == 1
     assert links(cli_run) == {next(iter(links(cli_run))): (None, None)}
-    again = cli_run("embed")
-    assert "0 embedded, 1 in all" in again.output and "up-to-date" in again.output
+    again = cli_run.json("embed")
+    assert (again["embedded"], again["total"], again["neighbours"]["mode"]) == (0, 1, "up-to-date")
 
 
 def test_incremental_links_equal_a_full_recompute_on_real_data(tmp_path, cli_run, catalog_dir):
@@ -79,8 +81,7 @@ def test_incremental_links_equal_a_full_recompute_on_real_data(tmp_path, cli_run
     cli_run("embed")
     before = links(cli_run)
     cli_run("ingest", second, "--skip-invalid")
-    grown = cli_run("embed")
-    assert "incremental" in grown.output
+    assert cli_run.json("embed")["neighbours"]["mode"] == "incremental"
     incremental = links(cli_run)
     changed_old = sum(incremental[s] != before[s] for s in before)
     assert 0 < changed_old < len(before)  # some old samples found a nearer new one, most did not
@@ -90,8 +91,8 @@ def test_incremental_links_equal_a_full_recompute_on_real_data(tmp_path, cli_run
         "new_samples": len(incremental) - len(before),
     }
 
-    rebuilt = cli_run("neighbours", "--rebuild")
-    assert "0 links written" in rebuilt.output  # identical to the incremental result
+    rebuilt = cli_run.json("neighbours", "--rebuild")
+    assert (rebuilt["mode"], rebuilt["changed"]) == ("full", 0)  # identical to the incremental result
     assert links(cli_run) == incremental
 
     # A second catalog embedding everything at once: vectors differ by float noise (batch padding),
@@ -118,17 +119,17 @@ def test_ann_method_agrees_with_exact_on_real_rows(tmp_path, cli_run):
     cli_run("ingest", write_jsonl(tmp_path / "rows.jsonl", fixture_records()))
     cli_run("embed")
     exact = links(cli_run)
-    result = cli_run("neighbours", "--rebuild", "--method", "ann")
-    assert result.exit_code == 0 and "ann, full" in result.output
+    result = cli_run.json("neighbours", "--rebuild", "--method", "ann")
+    assert (result["method"], result["mode"]) == ("ann", "full")
     assert links(cli_run) == exact
 
 
 def test_two_embedders_keep_their_vectors_and_links_side_by_side(tmp_path, cli_run):
     cli_run("ingest", write_jsonl(tmp_path / "rows.jsonl", fixture_records()[:80]))
     cli_run("embed")
-    cls = cli_run("embed", "--pooling", "cls")
-    assert "cls pooling" in cls.output and "80 embedded" in cls.output
-    status = json.loads(cli_run("status", "--json").output)
+    cls = cli_run.json("embed", "--pooling", "cls")
+    assert (cls["pooling"], cls["embedded"]) == ("cls", 80)
+    status = cli_run.json("status")
     assert [(e["name"], e["pooling"], e["embedded"], e["linked"]) for e in status["embedders"]] == [
         ("minilm", "mean", 80, 80),
         ("minilm", "cls", 80, 80),

@@ -175,6 +175,7 @@ def test_file_level_problems_are_one_clear_error(tmp_path, catalog_dir, cli_run)
     assert not (catalog_dir / "catalog.duckdb").exists() or table_counts(catalog_dir)["sample"] == 0
 
 
+@pytest.mark.slow  # a 50k-row ingest in a subprocess, killed, then rerun
 def test_a_killed_ingest_leaves_nothing_and_a_rerun_completes(tmp_path, catalog_dir):
     """Kill `cli.py ingest` part-way through a large real file; the catalog must be as before."""
     base = [

@@ -274,8 +274,8 @@ def test_a_write_that_fails_at_commit_is_one_line_and_leaves_the_catalog_as_it_w
     assert failed.returncode != 0
     assert "Traceback" not in failed.stderr
     message = failed.stderr.strip().splitlines()[-1]  # after the progress bar
-    assert message.startswith(f"Error: catalog {catalog_dir}: could not write") and "nothing was ingested" in message
-    assert "File too large" in message
+    assert message.startswith(f"Error: catalog file {catalog_dir / 'catalog.duckdb'}:")
+    assert "File too large" in message and "free disk space" in message and "nothing of this step was kept" in message
     assert table_counts(catalog_dir) == before
     with Catalog(catalog_dir).read() as conn:
         assert {row[0] for row in db.execute(conn, "SELECT sample_id FROM sample")} == before_ids
@@ -285,7 +285,7 @@ def test_a_write_that_fails_at_commit_is_one_line_and_leaves_the_catalog_as_it_w
     command[command.index(str(catalog_dir))] = str(fresh)
     failed = subprocess.run(command, env=env, capture_output=True, text=True, cwd=REPO)
     assert failed.returncode != 0 and "Traceback" not in failed.stderr
-    assert failed.stderr.strip().splitlines()[-1].startswith(f"Error: catalog {fresh}: could not write")
+    assert failed.stderr.strip().splitlines()[-1].startswith(f"Error: catalog file {fresh / 'catalog.duckdb'}:")
     assert table_counts(fresh) == {"sample": 0, "membership": 0, "ingest_batch": 0, "ingest_reject": 0}
 
 

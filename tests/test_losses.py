@@ -7,10 +7,13 @@ import torch
 
 from catalog.records import to_sample
 from catalog.score import PendingSample
+from scoring.batching import Batching
 from scoring.losses import Piece, extend
 from scoring.passes import PassRunner
 from scoring.sequences import Sequence, SequenceBuilder
 from tests.conftest import fixture_records
+
+pytestmark = pytest.mark.slow  # the SmolLM2 tokenizer (session fixture loads the model)
 
 
 def hf_mean_nll(model, sequence: Sequence) -> float:
@@ -67,7 +70,7 @@ def test_the_pass_runner_matches_every_sequence_alone(tiny_llama, smollm2, messa
         PendingSample(22, too_long, 0, messages[0], True, True),
     ]
     results = []
-    PassRunner(tiny_llama, builder, 2, token_budget=900, max_batch=4, max_padding=0.1, min_tokens=0).run(
+    PassRunner(tiny_llama, builder, 2, Batching(token_budget=900, max_rows=4, max_padding=0.1)).run(
         targets, lambda batch, tokens: results.extend(batch)
     )
     by_key = {(r.kind, r.sample_id): r for r in results}

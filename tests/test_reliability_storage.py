@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from catalog import Catalog, CatalogBusy, db
+from catalog import Catalog, CatalogBusy
 from catalog.errors import StorageError
 from catalog.vectors import VectorTable
 from tests.conftest import REPO, fixture_records, write_jsonl
@@ -107,7 +107,7 @@ with Catalog(sys.argv[1]).read():
 """
 
 
-def test_a_reader_is_named_as_a_reader_and_a_writer_can_wait_for_it(tmp_path, cli_run, catalog_dir, monkeypatch):
+def test_a_reader_is_named_as_a_reader(tmp_path, cli_run, catalog_dir):
     cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", fixture_records()[:5]), "--dataset", "a")
     reader = subprocess.Popen(
         [sys.executable, "-c", HOLD_READ, str(catalog_dir), "3"], cwd=REPO, stdout=subprocess.PIPE, text=True
@@ -119,11 +119,7 @@ def test_a_reader_is_named_as_a_reader_and_a_writer_can_wait_for_it(tmp_path, cl
     assert (busy.value.pid, busy.value.role) == (reader.pid, "reader")
     assert "-c" in busy.value.command and f"process {reader.pid} (" in str(busy.value)
     assert "is reading it" in str(busy.value) and "writing" not in str(busy.value)
-    monkeypatch.setattr(db, "WAIT_REPORT_SECONDS", 0.5)
-    waits: list[CatalogBusy] = []
-    with Catalog(catalog_dir, busy_timeout=0.3).write(wait=True, on_wait=waits.append) as conn:
-        assert db.execute(conn, "SELECT count(*) FROM sample")[0][0] == 5
-    assert reader.wait(timeout=10) == 0 and waits and {w.role for w in waits} == {"reader"}
+    assert reader.wait(timeout=30) == 0
 
 
 def test_a_reader_refused_by_a_writer_names_the_writer(tmp_path, cli_run, catalog_dir, monkeypatch):

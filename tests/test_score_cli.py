@@ -17,7 +17,9 @@ import torch
 
 from catalog import Catalog, db
 from catalog.score import register_scorer
-from tests.conftest import REPO, fixture_records, write_jsonl
+from tests.conftest import REPO, CliRun, fixture_records, write_jsonl
+
+pytestmark = pytest.mark.slow  # the real SmolLM2 and MiniLM
 
 
 def scores(catalog_dir) -> dict[int, dict]:
@@ -49,9 +51,8 @@ def contract_loss(smollm2, user_turns: list[tuple[str, str]], response: str) -> 
 def test_scores_equal_the_contract_computed_independently(tmp_path, cli_run, catalog_dir, smollm2):
     records = fixture_records()[::6]  # 30 rows across the four sources
     prepare(tmp_path, cli_run, records)
-    result = cli_run("score", "--model", "smollm2-135m")
-    assert result.exit_code == 0, result.output
-    assert "pool 30, 30 needed passes" in result.output
+    result = cli_run.json("score", "--model", "smollm2-135m")
+    assert (result["pool"], result["samples"], result["unscorable"]) == (30, 30, 0)
     rows = scores(catalog_dir)
     assert len(rows) == 30 and all(r["status"] == "ok" for r in rows.values())
     with Catalog(catalog_dir).read() as conn:
@@ -68,7 +69,7 @@ def test_scores_equal_the_contract_computed_independently(tmp_path, cli_run, cat
         assert abs(row["zero_shot_loss"] - zero) < 1e-4
         assert abs(row["one_shot_loss"] - one) < 1e-4
         assert row["miwv"] == row["one_shot_loss"] - row["zero_shot_loss"]
-    assert cli_run("score", "--model", "smollm2-135m").output.count("0 needed passes") == 1  # nothing left
+    assert cli_run.json("score", "--model", "smollm2-135m")["samples"] == 0  # nothing left
 
 
 def test_miwv_does_not_depend_on_batch_size(tmp_path, cli_run, catalog_dir):
@@ -76,11 +77,7 @@ def test_miwv_does_not_depend_on_batch_size(tmp_path, cli_run, catalog_dir):
     copy = tmp_path / "copy"
     shutil.copytree(catalog_dir, copy)
     assert cli_run("score", "--model", "smollm2-135m", "--max-batch", "8").exit_code == 0
-    from click.testing import CliRunner
-
-    from cli import cli
-
-    single = CliRunner().invoke(cli, ["--catalog", str(copy), "score", "--model", "smollm2-135m", "--max-batch", "1"])
+    single = CliRun(copy)("score", "--model", "smollm2-135m", "--max-batch", "1")
     assert single.exit_code == 0, single.output
     batched, alone = scores(catalog_dir), scores(copy)
     assert batched.keys() == alone.keys() and len(batched) == 20
@@ -99,8 +96,8 @@ def test_incremental_scoring_computes_only_new_and_changed_samples(tmp_path, cli
         links = dict(db.execute(conn, "SELECT sample_id, neighbour_id FROM neighbours"))
     changed = {s for s, n in before.items() if links[s] != n}
     assert changed, "adding 20 samples should change some old neighbours"
-    result = cli_run("score", "--model", "smollm2-135m")
-    assert f"pool 45, {20 + len(changed)} needed passes" in result.output
+    result = cli_run.json("score", "--model", "smollm2-135m")
+    assert (result["pool"], result["samples"]) == (45, 20 + len(changed))
     with Catalog(catalog_dir).read() as conn:
         zero_run2 = db.execute(conn, "SELECT count(*) FROM zero_shot_loss WHERE run_id = 2")[0][0]
         one_run2 = {r[0] for r in db.execute(conn, "SELECT sample_id FROM one_shot_loss WHERE run_id = 2")}
@@ -113,11 +110,7 @@ def test_incremental_scoring_computes_only_new_and_changed_samples(tmp_path, cli
     with duckdb.connect(str(scratch / "catalog.duckdb")) as con:
         for table in ("zero_shot_loss", "one_shot_loss", "score_current", "score_run", "scorer"):
             con.execute(f"DELETE FROM {table}")
-    from click.testing import CliRunner
-
-    from cli import cli
-
-    assert CliRunner().invoke(cli, ["--catalog", str(scratch), "score", "--model", "smollm2-135m"]).exit_code == 0
+    assert CliRun(scratch)("score", "--model", "smollm2-135m").exit_code == 0
     incremental, fresh = scores(catalog_dir), scores(scratch)
     assert incremental.keys() == fresh.keys() and len(fresh) == 45
     for s in fresh:
@@ -148,13 +141,7 @@ def test_unscorable_samples_are_recorded_with_null_losses(tmp_path, cli_run, cat
 
     # A sample alone (a fresh catalog with one row): zero-shot scored, status no_neighbour.
     alone_dir = tmp_path / "alone"
-    from click.testing import CliRunner
-
-    from cli import cli
-
-    def run(*args):
-        return CliRunner().invoke(cli, ["--catalog", str(alone_dir), *args])
-
+    run = CliRun(alone_dir)
     run("ingest", str(write_jsonl(tmp_path / "lone.jsonl", [lone])))
     run("embed")
     assert run("score", "--model", "smollm2-135m").exit_code == 0

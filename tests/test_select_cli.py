@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
 from catalog.records import to_sample
-from cli import cli
-from tests.conftest import fixture_records, write_jsonl
+from tests.conftest import CliRun, fixture_records, write_jsonl
+
+pytestmark = pytest.mark.slow  # the real SmolLM2 and MiniLM
 
 
 @pytest.fixture(scope="module")
@@ -22,21 +22,13 @@ def scored(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("scored")
     catalog = root / "catalog"
     rows = fixture_records()[::5]  # 36 rows, all four sources
-    run = _runner(catalog)
+    run = CliRun(catalog)
     run("ingest", write_jsonl(root / "a.jsonl", rows[:20]), "--dataset", "a")
     run("ingest", write_jsonl(root / "b.jsonl", rows[20:]), "--dataset", "b")
     run("embed")
     assert run("score", "--model", "smollm2-135m").exit_code == 0
     run("ingest", write_jsonl(root / "late.jsonl", fixture_records()[1::20][:8]), "--dataset", "b")
     return catalog
-
-
-def _runner(catalog: Path):
-    def run(*args):
-        result = CliRunner().invoke(cli, ["--catalog", str(catalog), *map(str, args)], catch_exceptions=False)
-        return result
-
-    return run
 
 
 def view(run, query: str) -> pd.DataFrame:
@@ -46,10 +38,6 @@ def view(run, query: str) -> pd.DataFrame:
 def members(run, selection_id: int) -> list[int]:
     rows = view(run, f"SELECT sample_id FROM selection_member WHERE selection_id = {selection_id} ORDER BY rank")
     return rows["sample_id"].tolist() if len(rows) else []
-
-
-def selection_id(output: str) -> int:
-    return int(output.split("selection ", 1)[1].split(" ", 1)[0])
 
 
 def k_of(pool: int, percent: float) -> int:
@@ -66,38 +54,45 @@ def k_of(pool: int, percent: float) -> int:
     ],
 )
 def test_strategies_pick_what_pandas_picks(scored, strategy, column, descending):
-    run = _runner(scored)
-    result = run("select", "--model", "smollm2-135m", "--top-percent", "25", "--strategy", strategy)
-    assert result.exit_code == 0, result.output
+    run = CliRun(scored)
+    result = run.json("select", "--model", "smollm2-135m", "--top-percent", "25", "--strategy", strategy)
     scores = view(run, "SELECT sample_id, miwv, zero_shot_loss, one_shot_loss FROM miwv_scores WHERE status = 'ok'")
     pool = len(view(run, "SELECT sample_id FROM samples"))
     expected = scores.sort_values([column, "sample_id"], ascending=[not descending, True])["sample_id"]
-    assert members(run, selection_id(result.output)) == expected.head(k_of(pool, 25)).tolist()
-    assert (
-        f"pool {pool}, eligible {len(scores)} (excluded: {pool - len(scores)} not scored), selected 11" in result.output
+    assert members(run, result["selection_id"]) == expected.head(k_of(pool, 25)).tolist()
+    assert (result["pool_size"], result["eligible"], result["excluded"], result["selected"]) == (
+        pool,
+        len(scores),
+        {"not scored": pool - len(scores)},
+        11,
     )
 
 
 def test_dataset_and_where_pools_take_k_percent_of_their_own_size(scored):
-    run = _runner(scored)
+    run = CliRun(scored)
     in_b = view(run, "SELECT sample_id FROM samples WHERE list_contains(datasets, 'b')")
-    result = run("select", "--model", "smollm2-135m", "--dataset", "b", "--top-percent", "10")
-    assert f"pool {len(in_b)}, eligible 16 (excluded: 8 not scored), selected {k_of(len(in_b), 10)}" in result.output
-    chosen = members(run, selection_id(result.output))
+    result = run.json("select", "--model", "smollm2-135m", "--dataset", "b", "--top-percent", "10")
+    assert (result["pool_size"], result["eligible"], result["excluded"], result["selected"]) == (
+        len(in_b),
+        16,
+        {"not scored": 8},
+        k_of(len(in_b), 10),
+    )
+    chosen = members(run, result["selection_id"])
     assert set(chosen) <= set(in_b["sample_id"])
-    where = run("select", "--model", "smollm2-135m", "--top-k", "3", "--where", "input <> '' AND n_turns = 1")
+    where = run.json("select", "--model", "smollm2-135m", "--top-k", "3", "--where", "input <> '' AND n_turns = 1")
     with_input = view(
         run,
         "SELECT m.sample_id, m.miwv FROM miwv_scores m JOIN samples s USING (sample_id) "
         "WHERE s.input <> '' AND m.status = 'ok'",
     )
     expected = with_input.sort_values(["miwv", "sample_id"], ascending=[False, True])["sample_id"].head(3)
-    assert members(run, selection_id(where.output)) == expected.tolist()
+    assert members(run, where["selection_id"]) == expected.tolist()
 
 
 @pytest.mark.parametrize("where", ["nope = 1", "1 = 1) OR (1 = 1; DROP TABLE sample", "sample_id IN (SELEC 1)"])
 def test_a_bad_where_is_one_clear_error_and_records_nothing(scored, where):
-    run = _runner(scored)
+    run = CliRun(scored)
     before = len(view(run, "SELECT * FROM selection"))
     result = run("select", "--model", "smollm2-135m", "--top-k", "3", "--where", where)
     assert result.exit_code == 1 and "--where" in result.output and "Traceback" not in result.output
@@ -106,9 +101,9 @@ def test_a_bad_where_is_one_clear_error_and_records_nothing(scored, where):
 
 
 def test_random_is_seeded_and_covers_the_whole_pool(scored):
-    run = _runner(scored)
+    run = CliRun(scored)
     picks = [
-        members(run, selection_id(run("select", "--strategy", "random", "--top-percent", "50", "--seed", seed).output))
+        members(run, run.json("select", "--strategy", "random", "--top-percent", "50", "--seed", seed)["selection_id"])
         for seed in (0, 0, 1)
     ]
     assert picks[0] == picks[1] != picks[2] and len(picks[0]) == 22
@@ -122,10 +117,9 @@ def test_random_is_seeded_and_covers_the_whole_pool(scored):
 
 @pytest.mark.parametrize("name", ["top.jsonl", "top.parquet", "top_hf"])
 def test_export_keeps_rank_order_extras_and_scores(scored, tmp_path, name):
-    run = _runner(scored)
+    run = CliRun(scored)
     out = tmp_path / name
-    result = run("select", "--model", "smollm2-135m", "--top-k", "12", "--out", out, "--with-scores")
-    assert result.exit_code == 0, result.output
+    result = run.json("select", "--model", "smollm2-135m", "--top-k", "12", "--out", out, "--with-scores")
     if name.endswith(".jsonl"):
         records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     elif name.endswith(".parquet"):
@@ -134,7 +128,7 @@ def test_export_keeps_rank_order_extras_and_scores(scored, tmp_path, name):
         from datasets import load_from_disk
 
         records = list(load_from_disk(str(out)))
-    assert [to_sample(r, "alpaca").sample_id for r in records] == members(run, selection_id(result.output))
+    assert [to_sample(r, "alpaca").sample_id for r in records] == members(run, result["selection_id"])
     assert all(r["miwv"] is not None and r["zero_shot_loss"] > 0 for r in records)
     ranked = [r["miwv"] for r in records]
     assert ranked == sorted(ranked, reverse=True)
@@ -150,16 +144,16 @@ def test_export_keeps_rank_order_extras_and_scores(scored, tmp_path, name):
     ("name", "shape"), [("top.jsonl", "alpaca"), ("top.parquet", "messages"), ("chat.jsonl", "messages")]
 )
 def test_export_then_ingest_gives_the_same_sample_ids(scored, tmp_path, name, shape):
-    run = _runner(scored)
-    result = run("select", "--model", "smollm2-135m", "--top-k", "10", "--out", tmp_path / name, "--shape", shape)
-    chosen = members(run, selection_id(result.output))
-    again = _runner(tmp_path / "again")
+    run = CliRun(scored)
+    result = run.json("select", "--model", "smollm2-135m", "--top-k", "10", "--out", tmp_path / name, "--shape", shape)
+    chosen = members(run, result["selection_id"])
+    again = CliRun(tmp_path / "again")
     assert again("ingest", tmp_path / name, "--dataset", "round-trip").exit_code == 0
     assert set(view(again, "SELECT sample_id FROM samples")["sample_id"]) == set(chosen)
 
 
 def test_export_is_atomic(scored, tmp_path, monkeypatch):
-    run = _runner(scored)
+    run = CliRun(scored)
     out = tmp_path / "top.parquet"
     out.write_bytes(b"the previous selection")
     before = len(view(run, "SELECT * FROM selection"))
@@ -177,17 +171,18 @@ def test_export_is_atomic(scored, tmp_path, monkeypatch):
 
 
 def test_selections_are_listed_and_their_sql_reproduces_them(scored):
-    run = _runner(scored)
-    result = run("select", "--model", "smollm2-135m", "--top-percent", "20", "--show-sql")
-    sql = result.output.split(";\n", 1)[0]
-    reproduced = view(run, sql)["sample_id"].tolist()
-    assert reproduced == members(run, selection_id(result.output))
-    listed = json.loads(run("selections", "--json").output)
-    assert listed[0]["selection_id"] == selection_id(result.output) and listed[0]["top_percent"] == 20
+    run = CliRun(scored)
+    shown = run("select", "--model", "smollm2-135m", "--top-percent", "20", "--show-sql").output.split(";\n", 1)[0]
+    result = run.json("select", "--model", "smollm2-135m", "--top-percent", "20")
+    assert shown == result["sql"]
+    reproduced = view(run, result["sql"])["sample_id"].tolist()
+    assert reproduced == members(run, result["selection_id"])
+    listed = run.json("selections")["selections"]
+    assert listed[0]["selection_id"] == result["selection_id"] and listed[0]["top_percent"] == 20
 
 
 def test_report_writes_plots_and_a_summary_matching_pandas(scored, tmp_path):
-    run = _runner(scored)
+    run = CliRun(scored)
     result = run("report", "--model", "smollm2-135m", "--out", tmp_path / "report")
     assert result.exit_code == 0, result.output
     for png in ("miwv_histogram.png", "losses.png"):
@@ -203,14 +198,14 @@ def test_report_writes_plots_and_a_summary_matching_pandas(scored, tmp_path):
 
 
 def test_an_unknown_dataset_is_named_with_the_known_ones(scored):
-    run = _runner(scored)
+    run = CliRun(scored)
     for args in (["select", "--model", "smollm2-135m", "--top-k", "3"], ["score", "--model", "smollm2-135m"]):
         result = run(*args, "--dataset", "dolly")
         assert result.exit_code == 1 and "no dataset 'dolly' in the catalog; datasets: a, b" in result.output
 
 
 def test_select_needs_a_scored_model(scored):
-    run = _runner(scored)
+    run = CliRun(scored)
     assert "--model is required" in run("select", "--top-k", "3").output
     missing = run("select", "--model", "qwen2.5-7b", "--top-k", "3")
     assert missing.exit_code == 1 and "no scores for model 'qwen2.5-7b'" in missing.output

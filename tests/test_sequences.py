@@ -10,6 +10,8 @@ from catalog.records import to_sample
 from scoring.sequences import Sequence, SequenceBuilder, Unscorable
 from tests.conftest import fixture_records
 
+pytestmark = pytest.mark.slow  # the real SmolLM2 tokenizer and model
+
 EDGE_CASES = {
     "leading space": {"instruction": "Say hello.", "input": "", "output": " Hello!"},
     "leading newline": {"instruction": "Print a list.", "input": "", "output": "\n- a\n- b"},

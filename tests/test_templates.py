@@ -9,6 +9,7 @@ import pytest
 from catalog.errors import UserError
 from catalog.records import to_sample
 from catalog.score import PendingSample
+from scoring.batching import Batching
 from scoring.passes import PassRunner
 from scoring.sequences import SequenceBuilder
 from scoring.templates import TEMPLATE_REVISION, template_for
@@ -186,7 +187,7 @@ def test_cache_reuse_is_exact_where_the_example_is_a_prefix_and_off_where_not(ti
     is_prefix = [one[i].ids[: len(zero[(i + 1) % 12].ids)] == zero[(i + 1) % 12].ids for i in range(12)]
     assert all(is_prefix) if template != str(VICUNA) else not any(is_prefix)
     results = []
-    runner = PassRunner(tiny_llama, builder, 2, token_budget=2048, max_batch=4, max_padding=0.5, min_tokens=0)
+    runner = PassRunner(tiny_llama, builder, 2, Batching(token_budget=2048, max_rows=4, max_padding=0.5))
     runner.run(targets, lambda batch, tokens: results.extend(batch))
     assert len(results) == 24
     for result in results:

@@ -1,0 +1,512 @@
+"""The Python face of the catalog: one object with a verb per pipeline stage.
+
+    import miwv
+    cat = miwv.open("my-catalog")
+    cat.ingest("alpaca.jsonl", dataset="alpaca")
+    cat.embed()
+    cat.score("smollm2-135m")
+    top = cat.select("smollm2-135m", top_percent=1)
+    top.write("top1.jsonl")
+
+Methods take names (model alias or path, embedder name, dataset), never ids, and return small
+result objects whose `as_dict()` is what the CLI's --json prints. Errors a caller can fix are
+`miwv.UserError`s worded in the API's terms (`miwv.ArgumentError` names the arguments at fault).
+Models load inside the methods that need them, so `import miwv` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from catalog import DEFAULT_PATH, CatalogBusy, InvalidInput, UserError
+from catalog import Catalog as _Store
+from catalog.choices import DEFAULT_EMBEDDER, EXACT_LIMIT
+from catalog.errors import ArgumentError
+from catalog.ingest import IngestResult
+
+if TYPE_CHECKING:
+    import datasets
+    import pandas
+    import pyarrow as pa
+
+    from scoring.embed import EmbedResult
+    from scoring.neighbours import LinkResult
+    from scoring.score import ScoreResult
+
+__all__ = [
+    "ArgumentError",
+    "Catalog",
+    "CatalogBusy",
+    "Embedded",
+    "IngestResult",
+    "InvalidInput",
+    "Linked",
+    "Reported",
+    "Scored",
+    "Selection",
+    "Upgraded",
+    "UserError",
+    "models",
+    "open",
+]
+
+
+def open(
+    path: str | os.PathLike | None = None, busy_timeout: float | None = None, auto_upgrade: bool = True
+) -> Catalog:
+    """The catalog at `path` (default: env MIWV_CATALOG, else ./miwv-catalog); created by the first ingest.
+
+    Args:
+        busy_timeout: seconds to wait while another process writes (default: env MIWV_BUSY_TIMEOUT, else 10).
+        auto_upgrade: let reads upgrade a catalog at an older schema revision (writes always do);
+            with False a read of such a catalog is refused and the file is never changed.
+    """
+    return Catalog(
+        path if path is not None else os.environ.get("MIWV_CATALOG", DEFAULT_PATH), busy_timeout, auto_upgrade
+    )
+
+
+def models() -> list[dict[str, str]]:
+    """Every model alias, where its weights come from, and where they are here (or why they are missing)."""
+    from scoring.models import describe_aliases
+
+    return describe_aliases()
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready: results as dicts, paths as strings, containers walked."""
+    if isinstance(value, _AsDict):
+        return value.as_dict()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+class _AsDict:
+    def as_dict(self) -> dict[str, Any]:
+        """The result as plain JSON-ready values (what the CLI's --json prints); fields with
+        repr=False (a selection's member ids, its catalog handle) are left out."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.repr}
+
+
+def _from(cls, result):
+    """The library's `result` as the API's `cls`, field by field. The jobs' own result classes
+    live beside torch code, so importing them here would slow `import miwv` by seconds."""
+    return cls(**{f.name: getattr(result, f.name) for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Linked(_AsDict):
+    """What a neighbour update did (scoring.neighbours.LinkResult)."""
+
+    embedder: str
+    mode: str  # "full", "incremental" or "up-to-date"
+    method: str  # "exact" or "ann"
+    samples: int
+    new_samples: int
+    changed: int  # links written
+    without_neighbour: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Embedded(_AsDict):
+    """What `embed` did: vectors written, then the neighbour update."""
+
+    embedder: str
+    pooling: str
+    dimension: int
+    embedded: int  # vectors written by this call
+    total: int  # vectors the embedder now has
+    seconds: float
+    neighbours: Linked
+
+
+@dataclass(frozen=True)
+class Scored(_AsDict):
+    """What `score` computed (scoring.score.ScoreResult)."""
+
+    model: str
+    scorer_id: int
+    template: str
+    max_length: int
+    device: str
+    pool: int  # samples in the pool
+    not_linked: int  # pool samples without a neighbour link yet: run embed() first
+    samples: int  # samples that needed a pass
+    passes: int
+    unscorable: int
+    tokens_run: int
+    seconds: float
+    workers: int  # processes that computed (Ray workers, or 1 in-process)
+
+
+@dataclass(frozen=True)
+class Written(_AsDict):
+    """Where a selection's samples were written (catalog.export.Exported)."""
+
+    path: Path
+    file_format: str  # jsonl, parquet, hf or llamafactory
+    shape: str
+    rows: int
+
+
+@dataclass(frozen=True)
+class Reported(_AsDict):
+    """The per-dataset MIWV summary of a model and the files written."""
+
+    model: str
+    scorer: str  # which scorer (and template) the losses come from
+    summary: list[dict]  # one row per dataset, then "(all)"
+    files: list[Path]
+
+
+@dataclass(frozen=True)
+class Upgraded(_AsDict):
+    """What `upgrade` did."""
+
+    catalog: Path
+    revision: str  # the schema revision the catalog is now at
+
+
+@dataclass(frozen=True)
+class Selection(_AsDict):
+    """A recorded selection: the ranked sample ids and how they were chosen.
+
+    Read the samples with to_arrow / to_pandas / to_hf, or write them with write(); `shape`
+    is "alpaca" (instruction, input, output; the default when every sample has them) or
+    "messages", and `with_scores` adds miwv, zero_shot_loss, one_shot_loss, neighbour_similarity.
+    """
+
+    selection_id: int
+    strategy: str
+    model: str | None
+    embedder: str | None
+    pool_size: int
+    eligible: int  # pool samples the strategy can rank
+    excluded: dict[str, int]  # pool samples it cannot, by reason
+    selected: int
+    sql: str  # the query that made it; runs unchanged with sql()
+    output: Written | None  # what select(out=...) wrote
+    sample_ids: list[int] = field(repr=False)  # ranked, best first
+    scores: list[float | None] = field(repr=False)
+    _store: _Store = field(repr=False, compare=False)
+    _scorer_id: int | None = field(repr=False)
+    _embedder_id: int | None = field(repr=False)
+
+    def __len__(self) -> int:
+        return self.selected
+
+    def to_arrow(self, shape: str | None = None, with_scores: bool = False) -> pa.Table:
+        """The selected samples in rank order, with their original extra fields."""
+        from catalog.export import export_table
+
+        return export_table(self._store, self.sample_ids, shape, with_scores, self._scorer_id, self._embedder_id)
+
+    def to_pandas(self, shape: str | None = None, with_scores: bool = False) -> pandas.DataFrame:
+        return self.to_arrow(shape, with_scores).to_pandas()
+
+    def to_hf(self, shape: str | None = None, with_scores: bool = False) -> datasets.Dataset:
+        """A Hugging Face `datasets.Dataset`, in memory."""
+        import datasets
+        from datasets.table import InMemoryTable
+
+        return datasets.Dataset(InMemoryTable(self.to_arrow(shape, with_scores)))
+
+    def write(
+        self,
+        path: str | os.PathLike,
+        format: str | None = None,
+        shape: str | None = None,
+        with_scores: bool = False,
+        for_: str | None = None,
+    ) -> Written:
+        """Write the samples to `path` (replaced whole, never left half-written).
+
+        Args:
+            format: jsonl, parquet or hf (a `datasets.save_to_disk` folder); default from the name.
+            for_: "llamafactory": `path` is a folder holding `<name>.jsonl` and its entry in
+                `dataset_info.json`, ready for LLaMA-Factory's `dataset_dir`.
+        """
+        from catalog.export import export_samples
+
+        if for_ is not None and format is not None:
+            raise ArgumentError("give at most one of {0} and {1}", "format", "for_")
+        exported = export_samples(
+            self._store, self.sample_ids, path, for_ or format, shape, with_scores, self._scorer_id, self._embedder_id
+        )
+        return _from(Written, exported)
+
+
+class Catalog:
+    """A catalog directory; every method opens short connections, so a handle is cheap to keep."""
+
+    def __init__(self, path: str | os.PathLike, busy_timeout: float | None = None, auto_upgrade: bool = True) -> None:
+        self._store = _Store(path, busy_timeout, auto_upgrade)
+
+    @property
+    def path(self) -> Path:
+        return self._store.path
+
+    def __repr__(self) -> str:
+        return f"miwv.Catalog({str(self.path)!r})"
+
+    def ingest(
+        self,
+        source: str | os.PathLike | Any,
+        dataset: str | None = None,
+        *,
+        shape: str | None = None,
+        skip_invalid: bool = False,
+        columns: dict[str, str] | None = None,
+        split: str | None = None,
+    ) -> IngestResult:
+        """Add samples: a file (.jsonl, .json, .parquet, .csv, gzipped text), a `datasets`
+        save_to_disk folder, a folder of Parquet shards, "hf:ORG/NAME" (datasets.load_dataset),
+        or rows in memory (a list of dicts, pandas.DataFrame, pyarrow.Table or datasets.Dataset).
+        All or nothing.
+
+        Args:
+            dataset: the dataset the rows belong to (a file's default: its name up to the first dot).
+            shape: "alpaca", "sharegpt" or "openai" (default: detected from the first record).
+            skip_invalid: ingest the valid rows and record the others in the `rejects` view.
+            columns: {shape field: your column}, e.g. {"output": "response"}.
+            split: the split of a datasets folder, a folder of shards or an hf: dataset.
+        """
+        if isinstance(source, str | os.PathLike):
+            from catalog.ingest import ingest_file
+
+            return ingest_file(self._store, source, dataset, shape, skip_invalid, columns, split)
+        if dataset is None:
+            raise ArgumentError("{0} is required when ingesting rows from memory", "dataset")
+        from catalog.ingest import ingest_rows
+
+        return ingest_rows(self._store, source, dataset, shape=shape, skip_invalid=skip_invalid, columns=columns)
+
+    def embed(
+        self,
+        embedder: str = DEFAULT_EMBEDDER,
+        *,
+        pooling: str = "mean",
+        device: str = "auto",
+        batch_size: int = 16,
+        method: str = "auto",
+        exact_limit: int = EXACT_LIMIT,
+        workers: int | None = None,
+        ray_address: str | None = None,
+    ) -> Embedded:
+        """Embed the samples that lack a vector from `embedder`, then update neighbour links.
+
+        Args:
+            embedder: an alias (minilm) or a local sentence-transformers / HF model folder.
+            pooling: mean (the paper's), cls or max.
+            method, exact_limit: how neighbours are searched (see neighbours()).
+            device: where embedding and the exact neighbour search run (auto: CUDA when present).
+            workers, ray_address: embed on Ray workers on this machine, or on the cluster at
+                `ray_address` ("auto"); neither: in-process.
+        """
+        from scoring.embed import embed_missing
+
+        result: EmbedResult = embed_missing(self._store, embedder, pooling, device, batch_size, workers, ray_address)
+        linked = self._link(result.embedder, False, method, exact_limit, device)
+        row = result.embedder
+        return Embedded(row.name, row.pooling, row.dimension, result.embedded, result.total, result.seconds, linked)
+
+    def neighbours(
+        self,
+        embedder: str | None = None,
+        *,
+        rebuild: bool = False,
+        method: str = "auto",
+        exact_limit: int = EXACT_LIMIT,
+        device: str = "auto",
+    ) -> Linked:
+        """Bring `embedder`'s nearest-neighbour links up to date (or recompute them: rebuild=True).
+
+        Args:
+            embedder: name, path or id (default: minilm with mean pooling, or the only one).
+            method: "exact", "ann" (LanceDB index, re-ranked exactly) or "auto" (exact up to
+                `exact_limit` samples).
+            device: where the exact search runs (auto: CUDA when present); links are the same anywhere.
+        """
+        from catalog.embed import find_embedder
+
+        return self._link(find_embedder(self._store, embedder), rebuild, method, exact_limit, device)
+
+    def _link(self, embedder, rebuild: bool, method: str, exact_limit: int, device: str) -> Linked:
+        from scoring.neighbours import link_neighbours
+
+        result: LinkResult = link_neighbours(self._store, embedder, rebuild, method, exact_limit, device)
+        return _from(Linked, result)
+
+    def score(
+        self,
+        model: str,
+        *,
+        embedder: str | None = None,
+        template: str | None = None,
+        max_length: int | None = None,
+        device: str = "auto",
+        dtype: str | None = None,
+        dataset: str | None = None,
+        limit: int | None = None,
+        token_budget: int | None = None,
+        max_batch: int | None = None,
+        workers: int | None = None,
+        ray_address: str | None = None,
+        gpus_per_worker: int = 1,
+    ) -> Scored:
+        """Compute the missing zero- and one-shot losses of `model` (alias, HF folder or .gguf).
+
+        Args:
+            embedder: whose neighbours are the one-shot examples.
+            template: "chat", "alpaca" (Stanford), "alpaca-lf" (LLaMA-Factory) or a .jinja file: the
+                prompt you will train with (default: chat when the tokenizer has a template).
+            dataset, limit: the pool: the whole catalog or one dataset; its first `limit` samples by id.
+            device, dtype, max_length, token_budget, max_batch: see `python cli.py score --help`.
+            workers, ray_address, gpus_per_worker: score on Ray workers (see README "Scaling out").
+        """
+        from scoring.score import score_catalog
+
+        result: ScoreResult = score_catalog(
+            self._store,
+            model,
+            embedder=embedder,
+            template=template,
+            max_length=max_length,
+            device=device,
+            dtype=dtype,
+            dataset=dataset,
+            limit=limit,
+            token_budget=token_budget,
+            max_batch=max_batch,
+            workers=workers,
+            ray_address=ray_address,
+            gpus_per_worker=gpus_per_worker,
+        )
+        return _from(Scored, result)
+
+    def select(
+        self,
+        model: str | None = None,
+        *,
+        top_k: int | None = None,
+        top_percent: float | None = None,
+        strategy: str = "miwv",
+        dataset: str | None = None,
+        where: str | None = None,
+        seed: int = 0,
+        embedder: str | None = None,
+        scorer_id: int | None = None,
+        out: str | os.PathLike | None = None,
+        format: str | None = None,
+        shape: str | None = None,
+        with_scores: bool = False,
+        for_: str | None = None,
+    ) -> Selection:
+        """Select the top K (top_k) or K% of the pool size (top_percent) and record the selection.
+
+        Args:
+            model: whose scores rank the pool (not needed for strategy="random").
+            strategy: miwv (highest first), low-miwv, zero-shot-loss, one-shot-loss or random (by `seed`).
+            dataset, where: the pool: one dataset and/or an SQL condition on the `samples` view.
+            embedder: whose neighbours the scores used (default: minilm, or the only one).
+            scorer_id: which of `model`'s scorers (default: its newest; see status()["scores"]).
+            out, format, shape, with_scores, for_: also write the samples there, as Selection.write();
+                the output is recorded with the selection.
+        """
+        from catalog.select import Request, select
+
+        scorer, links = self._scores_for(model, scorer_id, embedder, strategy)
+        request = Request(
+            strategy,
+            top_k,
+            top_percent,
+            dataset,
+            where,
+            seed,
+            scorer.scorer_id if scorer else None,
+            links.embedder_id if links else None,
+        )
+        chosen, exported = select(self._store, request, out, format, shape, with_scores, for_)
+        return Selection(
+            chosen.selection_id,
+            strategy,
+            scorer.model if scorer else None,
+            links.name if links else None,
+            chosen.pool_size,
+            chosen.eligible,
+            chosen.excluded,
+            len(chosen.sample_ids),
+            chosen.sql,
+            _from(Written, exported) if exported else None,
+            chosen.sample_ids,
+            chosen.scores,
+            self._store,
+            request.scorer_id,
+            request.embedder_id,
+        )
+
+    def _scores_for(self, model: str | None, scorer_id: int | None, embedder: str | None, strategy: str):
+        """The scorer and embedder rows that `model`, `scorer_id` and `embedder` name; (None, None) without a model."""
+        from catalog.embed import find_embedder
+        from catalog.score import find_scorer
+
+        if model is None:
+            if strategy != "random":
+                raise ArgumentError(
+                    "{0} is required (whose scores rank the pool) except for the random strategy", "model"
+                )
+            return None, None
+        return find_scorer(self._store, model, scorer_id), find_embedder(self._store, embedder)
+
+    def selections(self) -> list[dict[str, Any]]:
+        """Every recorded selection, newest first (their members: the selection_member table)."""
+        from catalog.select import list_selections
+
+        return list_selections(self._store)
+
+    def report(
+        self,
+        model: str,
+        out: str | os.PathLike = "report",
+        *,
+        embedder: str | None = None,
+        scorer_id: int | None = None,
+    ) -> Reported:
+        """Write summary.md, miwv_histogram.png and losses.png for `model` to the folder `out`."""
+        from catalog.report import write_report
+
+        scorer, links = self._scores_for(model, scorer_id, embedder, "miwv")
+        result = write_report(self._store, scorer.scorer_id, links.embedder_id, model, out)
+        return Reported(model, result.scorer, result.summary, result.files)
+
+    def sql(self, query: str, timeout: float | None = None) -> pa.Table:
+        """Run one read-only statement over the public views (samples, neighbours, miwv_scores, ...);
+        it can read and write no other file. `timeout`: stop it after that many seconds."""
+        from catalog.query import run_query
+
+        return run_query(self._store, query, timeout)
+
+    def status(self) -> dict[str, Any]:
+        """Samples per dataset, ingest batches, embedders and scores (what `status --json` prints)."""
+        from catalog.status import catalog_status
+
+        return catalog_status(self._store)
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8765) -> None:
+        """Serve the read-only web explorer at http://host:port until interrupted (see README)."""
+        from web.app import serve
+
+        serve(self._store, host, port)
+
+    def upgrade(self) -> Upgraded:
+        """Apply pending schema migrations (opening a catalog does this too)."""
+        return Upgraded(self.path, self._store.upgrade())
