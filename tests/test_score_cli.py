@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from catalog import Catalog, db
-from catalog.score import register_scorer
+from catalog.score import TemplateKey, register_scorer
 from tests.conftest import REPO, CliRun, fixture_records, write_jsonl
 
 pytestmark = pytest.mark.slow  # the real SmolLM2 and MiniLM
@@ -209,7 +209,15 @@ def test_a_refused_score_writes_nothing_and_an_empty_scorer_is_never_the_default
         assert db.execute(conn, "SELECT count(*) FROM scorer")[0][0] == 0
     assert cli_run("score", "--model", "smollm2-135m").exit_code == 0
     # What a run stopped before its first commit leaves: a newer scorer of the model with no losses.
-    register_scorer(Catalog(catalog_dir), "smollm2-135m", "elsewhere.gguf", "f" * 64, "chat", 64, "float32")
+    register_scorer(
+        Catalog(catalog_dir),
+        "smollm2-135m",
+        "elsewhere.gguf",
+        "f" * 64,
+        TemplateKey("chat", 2, "c0ffee"),
+        64,
+        "float32",
+    )
     selected = cli_run("select", "--model", "smollm2-135m", "--top-k", "3", "--out", tmp_path / "top.jsonl")
     assert selected.exit_code == 0, selected.output
     assert "eligible 12" in selected.output and "selected 3" in selected.output
