@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,12 @@ def shared_records() -> list[dict]:
         for path in sorted(SHARED_DATA.glob("*.jsonl"))
         for line in path.read_text(encoding="utf-8").splitlines()
     ]
+
+
+def sampled_records(n: int, seed: int = 0) -> list[dict]:
+    """`n` shared rows with a non-empty response, drawn with a fixed seed (the same rows each run)."""
+    rows = [r for r in shared_records() if r["output"].strip()]
+    return random.Random(seed).sample(rows, n)
 
 
 @contextmanager

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import shutil
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import save, shared_records  # noqa: E402
+from bench.common import sampled_records, save  # noqa: E402
 from catalog import Catalog  # noqa: E402
 from catalog.ingest import ingest_file  # noqa: E402
 from scoring.embed import embed_missing  # noqa: E402
@@ -73,8 +72,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
-    rows = [r for r in shared_records() if r["output"].strip()]
-    rows = random.Random(0).sample(rows, args.samples)
+    rows = sampled_records(args.samples)
     results: dict = {"samples": args.samples, "load_average_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "base"

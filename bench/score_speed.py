@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from bench.common import save, shared_records, timer  # noqa: E402
+from bench.common import sampled_records, save, timer  # noqa: E402
 from catalog import Catalog, db  # noqa: E402
 from catalog.ingest import ingest_file  # noqa: E402
 from catalog.score import pending_rows, plan_pool  # noqa: E402
@@ -71,8 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=200)
     args = parser.parse_args()
-    rows = [r for r in shared_records() if r["output"].strip()]
-    rows = random.Random(0).sample(rows, args.samples)
+    rows = sampled_records(args.samples)
     results: dict = {
         "samples": args.samples,
         "torch_threads": torch.get_num_threads(),
