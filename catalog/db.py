@@ -123,14 +123,21 @@ def process_command(pid: int, limit: int = 120) -> str | None:
 
 
 _OS_TROUBLE = ("Could not write", "Could not read", "No space left", "File too large", "Permission denied")
+# What DuckDB raises (a plain RuntimeError) when it sees Ctrl-C itself while a statement runs.
+_SAW_SIGINT = "Query interrupted"
 
 
 @contextmanager
 def storage_errors(db_path: Path) -> Iterator[None]:
-    """Turn DuckDB's lock conflicts into _Locked, and its disk, permission and corruption
-    errors about `db_path` into one StorageError line that says what to do."""
+    """Turn DuckDB's lock conflicts into _Locked, its disk, permission and corruption errors
+    about `db_path` into one StorageError line that says what to do, and a statement it stopped
+    for Ctrl-C into the KeyboardInterrupt that the signal meant."""
     try:
         yield
+    except RuntimeError as error:
+        if type(error) is RuntimeError and str(error) == _SAW_SIGINT:
+            raise KeyboardInterrupt from None
+        raise
     except (sa.exc.DBAPIError, duckdb.Error) as error:
         native = error.orig if isinstance(error, sa.exc.DBAPIError) else error
         text = str(native)

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,6 +132,36 @@ def test_ctrl_c_stops_a_slow_query_at_once(filled, catalog_dir):
     _, err = query.communicate(timeout=30)
     assert time.monotonic() - sent < 3
     assert query.returncode == 130 and len(err.strip().splitlines()) == 1 and "Interrupted" in err
+
+
+@pytest.mark.parametrize("mode", ["write", "read"])
+def test_ctrl_c_during_any_catalog_statement_is_an_interrupt(filled, catalog_dir, mode):
+    """DuckDB answers a SIGINT it sees mid-statement with a RuntimeError; every catalog connection
+    (a score job's commit, a report's query) turns it back into Ctrl-C, so the CLI says "Interrupted"."""
+    armed = threading.Event()
+
+    def ctrl_c(*_):
+        if armed.is_set():
+            raise KeyboardInterrupt
+
+    def press_until_stopped():  # again and again: one that lands while DuckDB opens the file is swallowed
+        while armed.wait(0) and not done.wait(0.5):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    done = threading.Event()
+    previous = signal.signal(signal.SIGINT, ctrl_c)
+    armed.set()
+    presser = threading.Thread(target=press_until_stopped)
+    presser.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with getattr(Catalog(catalog_dir), mode)() as conn:
+                db.execute(conn, SLOW)
+    finally:
+        armed.clear()
+        done.set()
+        presser.join()
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_reads_never_touch_a_foreign_database(tmp_path, cli_run, catalog_dir):
