@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from catalog import db
 
-# Every column of score_current, in its order; `scope` narrows which links and losses are read.
+# Every column of score_current, by name (INSERT ... BY NAME); `scope` narrows which links and losses are read.
 _CURRENT_SQL = """
     SELECT l.sample_id, z.scorer_id, l.embedder_id, l.neighbour_id, l.similarity,
            z.loss AS zero_shot_loss, o.loss AS one_shot_loss, o.loss - z.loss AS miwv, z.n_response_tokens,
@@ -53,10 +53,10 @@ def refresh(
         scope = "l.sample_id IN (SELECT sample_id FROM _refreshed) AND " + which.format(
             s="z.scorer_id", e="l.embedder_id"
         )
-        db.execute(conn, "INSERT INTO score_current " + _CURRENT_SQL.format(scope=scope), params)
+        db.execute(conn, "INSERT INTO score_current BY NAME " + _CURRENT_SQL.format(scope=scope), params)
 
 
 def rebuild(conn: sa.Connection) -> None:
     """Recompute every row (for catalogs whose links and losses were written by SQL, as bench/ does)."""
     db.execute(conn, "DELETE FROM score_current")
-    db.execute(conn, "INSERT INTO score_current " + _CURRENT_SQL.format(scope="true") + " ORDER BY l.sample_id")
+    db.execute(conn, "INSERT INTO score_current BY NAME " + _CURRENT_SQL.format(scope="true") + " ORDER BY l.sample_id")
