@@ -37,7 +37,20 @@ READ_COMMANDS = ("status", "sql", "selections", "report", "serve")
 
 class Cli(click.Group):
     """Turns user errors and operating-system errors into one line on stderr and an exit code,
-    and Ctrl-C into a resumable stop."""
+    and Ctrl-C into a resumable stop. Every command also takes --catalog after its name
+    (`serve --port 9000 --catalog other`), where it wins over the one before it."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.append(
+            click.Option(
+                ["--catalog"],
+                type=click.Path(file_okay=False),
+                expose_value=False,
+                callback=_open_here,
+                help="Catalog directory (same as --catalog before the command).",
+            )
+        )
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -54,6 +67,12 @@ class Cli(click.Group):
         except KeyboardInterrupt:
             click.echo("Interrupted. Work committed so far is kept; run the command again to continue.", err=True)
             ctx.exit(130)
+
+
+def _open_here(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """A command's own --catalog replaces the catalog its group opened."""
+    if value is not None:
+        ctx.obj = miwv.open(value, auto_upgrade=ctx.info_name not in READ_COMMANDS)
 
 
 def os_error_line(error: OSError) -> str:

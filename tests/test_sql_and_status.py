@@ -87,6 +87,18 @@ def test_commands_on_a_missing_catalog_say_where_they_looked(cli_run, catalog_di
         assert result.exit_code == 1 and f"no catalog at {catalog_dir}" in result.output
 
 
+def test_catalog_may_follow_the_command_name(filled, tmp_path, catalog_dir):
+    """`status --catalog X` (and `serve --port 9000 --catalog X`) as well as `--catalog X status`;
+    after the name it wins over the one before it."""
+    elsewhere = CliRun(tmp_path / "nothing-here")
+    result = elsewhere("status", "--json", "--catalog", str(catalog_dir))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["samples"] == 180
+    assert elsewhere("status").exit_code == 1  # without it, the one before the name
+    query = elsewhere("sql", "SELECT count(*) AS n FROM samples", "--json", "--catalog", str(catalog_dir))
+    assert json.loads(query.stdout) == {"n": 180}
+
+
 def test_catalog_source_package_is_refused_as_a_catalog_dir():
     result = CliRun(REPO / "catalog")("status")
     assert result.exit_code == 1 and "source package" in result.output
