@@ -118,7 +118,7 @@ def process_command(pid: int, limit: int = 120) -> str | None:
     except OSError:
         return None
     args = [Path(arg).name if i == 0 else arg for i, arg in enumerate(raw_args.decode(errors="replace").split("\0"))]
-    text = " ".join(arg for arg in args if arg)
+    text = " ".join(" ".join(arg.split()) for arg in args if arg.strip())  # one line, even for `python -c SCRIPT`
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -30,6 +30,7 @@ from catalog.choices import EXACT_LIMIT, NEIGHBOUR_METHODS
 from catalog.embed import EmbedderRow
 from catalog.neighbours import NO_NEIGHBOUR, Links, current_links, save_links, text_groups
 from catalog.vectors import VectorTable
+from scoring.commits import patiently
 from scoring.device import pick_device
 from terminal.progress import Meter
 
@@ -250,15 +251,17 @@ def link_neighbours(
         if len(ids) == 0 or (mode == "incremental" and known.all()):
             mode = "up-to-date"
         else:
-            save_links(
-                catalog,
-                embedder.embedder_id,
-                changed,
-                method="ann" if use_ann else "exact",
-                mode=mode,
-                samples=len(ids),
-                new_samples=int((~known).sum()),
-                started_at=started_at,
+            patiently(  # the search may have run for long: a reader holding the catalog only delays this
+                lambda: save_links(
+                    catalog,
+                    embedder.embedder_id,
+                    changed,
+                    method="ann" if use_ann else "exact",
+                    mode=mode,
+                    samples=len(ids),
+                    new_samples=int((~known).sum()),
+                    started_at=started_at,
+                )
             )
         without = int(np.sum(current_links(catalog, embedder.embedder_id).neighbour_ids == NO_NEIGHBOUR))
     return LinkResult(

@@ -28,6 +28,16 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
+# `python -c HOLD_READ DB_FILE`: holds the catalog file open read-only (printing "holding") until a
+# line arrives on stdin, so a test can see a writer wait for it.
+HOLD_READ = """
+import sys, duckdb
+connection = duckdb.connect(sys.argv[1], read_only=True)
+print("holding", flush=True)
+sys.stdin.readline()
+"""
+
+
 @pytest.fixture
 def catalog_dir(tmp_path: Path) -> Path:
     return tmp_path / "catalog"

@@ -4,6 +4,7 @@ as it was or repairable by the next run; a writer can wait for readers instead o
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from catalog import Catalog, CatalogBusy
 from catalog.errors import StorageError
 from catalog.vectors import VectorTable
-from tests.conftest import REPO, fixture_records, write_jsonl
+from tests.conftest import HOLD_READ, REPO, CliRun, fixture_records, write_jsonl
 
 FULL_DISK_ADD = """
 import resource, signal, sys
@@ -74,19 +75,7 @@ def test_status_says_run_embed_when_the_vectors_are_gone(tmp_path, cli_run, cata
 
 def test_a_catalog_folder_that_cannot_be_created_is_one_line(tmp_path, cli_run):
     (tmp_path / "plain_file").write_text("x")
-    from click.testing import CliRunner
-
-    from cli import cli
-
-    result = CliRunner().invoke(
-        cli,
-        [
-            "--catalog",
-            str(tmp_path / "plain_file" / "cat"),
-            "ingest",
-            str(write_jsonl(tmp_path / "a.jsonl", fixture_records()[:3])),
-        ],
-    )
+    result = CliRun(tmp_path / "plain_file" / "cat")("ingest", write_jsonl(tmp_path / "a.jsonl", fixture_records()[:3]))
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1
 
@@ -98,7 +87,7 @@ def test_a_job_lock_that_cannot_be_opened_is_one_line(tmp_path, catalog_dir):
             pass
 
 
-HOLD_READ = """
+HOLD_READ_FOR = """
 import sys, time
 from catalog import Catalog
 with Catalog(sys.argv[1]).read():
@@ -110,7 +99,7 @@ with Catalog(sys.argv[1]).read():
 def test_a_reader_is_named_as_a_reader(tmp_path, cli_run, catalog_dir):
     cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", fixture_records()[:5]), "--dataset", "a")
     reader = subprocess.Popen(
-        [sys.executable, "-c", HOLD_READ, str(catalog_dir), "3"], cwd=REPO, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD_READ_FOR, str(catalog_dir), "3"], cwd=REPO, stdout=subprocess.PIPE, text=True
     )
     assert reader.stdout.readline().strip() == "reading"
     with pytest.raises(CatalogBusy) as busy:
@@ -120,6 +109,31 @@ def test_a_reader_is_named_as_a_reader(tmp_path, cli_run, catalog_dir):
     assert "-c" in busy.value.command and f"process {reader.pid} (" in str(busy.value)
     assert "is reading it" in str(busy.value) and "writing" not in str(busy.value)
     assert reader.wait(timeout=30) == 0
+
+
+@pytest.mark.slow
+def test_neighbours_waits_for_a_long_reader_and_stores_its_run(tmp_path, cli_run, catalog_dir):
+    """The neighbour search can run for long on a GPU: a reader holding the catalog past the busy
+    timeout delays the links' commit, never kills the run."""
+    cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", fixture_records()[:20]), "--dataset", "a")
+    assert cli_run("embed").exit_code == 0
+    reader = subprocess.Popen(
+        [sys.executable, "-c", HOLD_READ, str(catalog_dir / "catalog.duckdb")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert reader.stdout.readline().strip() == "holding"
+    command = [sys.executable, str(REPO / "cli.py"), "--catalog", str(catalog_dir), "neighbours", "--rebuild"]
+    env = {**os.environ, "MIWV_BUSY_TIMEOUT": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    waited = next((line for line in process.stderr if "waiting for the catalog" in line), "")
+    reader.communicate("release\n")
+    process.communicate(timeout=120)
+    assert process.returncode == 0
+    assert f"process {reader.pid}" in waited and "is reading it" in waited
+    runs = json.loads(cli_run("sql", "SELECT count(*) AS n FROM neighbour_run", "--json").output)
+    assert runs == {"n": 2}  # embed's, then the rebuild's
 
 
 def test_a_reader_refused_by_a_writer_names_the_writer(tmp_path, cli_run, catalog_dir, monkeypatch):
@@ -143,12 +157,8 @@ def test_a_reader_refused_by_a_writer_names_the_writer(tmp_path, cli_run, catalo
 
 def test_permission_denied_is_one_line(tmp_path, cli_run):
     """Tests run as root, which chmod does not stop; /sys refuses even root (EPERM, or EROFS in containers)."""
-    from click.testing import CliRunner
-
-    from cli import cli
-
-    records = str(write_jsonl(tmp_path / "a.jsonl", fixture_records()[:10]))
-    denied = CliRunner().invoke(cli, ["--catalog", "/sys/miwv-catalog", "ingest", records])
+    records = write_jsonl(tmp_path / "a.jsonl", fixture_records()[:10])
+    denied = CliRun("/sys/miwv-catalog")("ingest", records)
     assert denied.exit_code == 4 and "cannot create the catalog folder /sys/miwv-catalog" in denied.output
     assert len(denied.output.strip().splitlines()) == 1
     assert cli_run("ingest", records).exit_code == 0

@@ -17,7 +17,7 @@ import torch
 
 from catalog import Catalog, db
 from catalog.score import TemplateKey, register_scorer
-from tests.conftest import REPO, CliRun, fixture_records, write_jsonl
+from tests.conftest import HOLD_READ, REPO, CliRun, fixture_records, write_jsonl
 
 pytestmark = pytest.mark.slow  # the real SmolLM2 and MiniLM
 
@@ -221,14 +221,6 @@ def test_a_refused_score_writes_nothing_and_an_empty_scorer_is_never_the_default
     selected = cli_run("select", "--model", "smollm2-135m", "--top-k", "3", "--out", tmp_path / "top.jsonl")
     assert selected.exit_code == 0, selected.output
     assert "eligible 12" in selected.output and "selected 3" in selected.output
-
-
-HOLD_READ = """
-import sys, duckdb
-connection = duckdb.connect(sys.argv[1], read_only=True)
-print("holding", flush=True)
-sys.stdin.readline()  # until the test has seen the writer wait
-"""
 
 
 def test_score_waits_for_a_long_reader_and_stores_everything(tmp_path, catalog_dir, cli_run):
