@@ -18,11 +18,12 @@ import duckdb
 import pyarrow as pa
 
 from catalog import db
-from catalog.errors import UserError
+from catalog.errors import ArgumentError, UserError
 from catalog.store import Catalog
 
 # MULTI is what DuckDB calls a PIVOT (it plans it as several steps); nothing it runs can write here.
 READ_ONLY = ("SELECT", "EXPLAIN", "MULTI")
+MAX_TIMEOUT = 7 * 24 * 3600.0  # a week; a timer cannot wait for inf (or 1e10) seconds
 
 
 def run_query(catalog: Catalog, sql: str, timeout: float | None = None) -> pa.Table:
@@ -31,8 +32,10 @@ def run_query(catalog: Catalog, sql: str, timeout: float | None = None) -> pa.Ta
     Statements of any other kind (INSERT, COPY, ATTACH, ...) are refused before they run.
     The query is stopped after `timeout` seconds (UserError), and by Ctrl-C (KeyboardInterrupt).
     """
-    if timeout is not None and not timeout > 0:
-        raise UserError(f"--timeout must be a positive number of seconds; got {timeout}")
+    if timeout is not None and not 0 < timeout <= MAX_TIMEOUT:
+        raise ArgumentError(
+            f"{{0}} must be a positive number of seconds, at most {MAX_TIMEOUT:g}", "timeout", detail=f"got {timeout:g}"
+        )
     with catalog.read() as conn:
         return run_read_only(conn, sql, timeout=timeout)
 

@@ -115,6 +115,13 @@ def test_sql_timeout_stops_the_query(filled, cli_run):
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.parametrize("timeout", ["0", "-1", "nan", "inf", "1e10"])
+def test_a_timeout_out_of_range_is_one_line(filled, cli_run, timeout):
+    result = cli_run("sql", "SELECT 1", "--timeout", timeout)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "--timeout must be a positive number of seconds, at most 604800" in result.output
+
+
 def test_ctrl_c_stops_a_slow_query_at_once(filled, catalog_dir):
     query = subprocess.Popen(
         [sys.executable, "cli.py", "--catalog", str(catalog_dir), "sql", SLOW],
