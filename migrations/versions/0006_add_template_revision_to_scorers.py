@@ -8,7 +8,7 @@ DuckDB cannot drop a unique constraint, so the table is rebuilt (new columns las
 copied) with the constraint widened to the new key.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 """
 
 import sqlalchemy as sa
