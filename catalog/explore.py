@@ -455,7 +455,7 @@ NEIGHBOURS_SQL = """
 SAMPLE_SCORES_SQL = """
     SELECT m.model, m.scorer_id, m.template, m.max_length, m.embedder, m.embedder_id, m.status,
            m.zero_shot_loss, m.one_shot_loss, m.miwv, m.n_response_tokens, m.example_truncated,
-           m.neighbour_id, m.similarity, c.fingerprint, c.template_revision,
+           m.neighbour_id, m.similarity, c.fingerprint, c.template_revision, c.template_hash,
            CASE WHEN m.status = 'ok' THEN 1 + (
                SELECT count(*) FROM score_current r
                WHERE r.scorer_id = m.scorer_id AND r.embedder_id = m.embedder_id AND r.status = 'ok'

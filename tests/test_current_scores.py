@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from catalog import Catalog, db
 from catalog.explore import inline
 from catalog.report import ALL, SUMMARY_SQL
@@ -114,6 +116,7 @@ def links(catalog_dir) -> dict[int, int | None]:
         return dict(db.execute(conn, "SELECT sample_id, neighbour_id FROM neighbours"))
 
 
+@pytest.mark.slow
 def test_score_current_equals_the_old_view_through_scoring_linking_and_rescoring(tmp_path, cli_run, catalog_dir):
     rows = fixture_records()
     short = [r for r in rows if len(r["instruction"]) + len(r["input"]) + len(r["output"]) < 200]

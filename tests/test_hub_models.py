@@ -65,6 +65,7 @@ def resolve(name: str, hf_home: Path, offline: bool) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("offline", [False, True])
 def test_a_model_in_the_local_cache_is_used_without_the_hub(tmp_path, tiny_model, offline):
     folder, names = tiny_model

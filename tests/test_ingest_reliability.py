@@ -248,6 +248,7 @@ cli(sys.argv[2:])
 """
 
 
+@pytest.mark.slow
 def test_a_write_that_fails_at_commit_is_one_line_and_leaves_the_catalog_as_it_was(tmp_path, catalog_dir, cli_run):
     assert cli_run("ingest", write_jsonl(tmp_path / "seed.jsonl", fixture_records())).exit_code == 0
     before = table_counts(catalog_dir)

@@ -74,6 +74,7 @@ def test_the_search_device_is_honoured_and_changes_no_link():
     assert np.array_equal(on_cpu.ids, again.ids) and np.array_equal(on_cpu.similarity, again.similarity)
 
 
+@pytest.mark.slow
 def test_the_gpu_check_runs_in_smoke_mode():
     run = subprocess.run(
         [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke"], capture_output=True, text=True, timeout=600

@@ -24,6 +24,8 @@ from catalog import Catalog, db
 from scoring.ray_pool import ActorPool, WeightsMismatch, worker_env
 from tests.conftest import REPO, fixture_records, write_jsonl
 
+pytestmark = pytest.mark.slow  # a local Ray and real SmolLM2 / MiniLM workers
+
 
 @pytest.fixture(scope="module")
 def local_ray():

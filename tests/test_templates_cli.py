@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from catalog import Catalog, db
 from tests.conftest import REPO, fixture_records, write_jsonl
+
+pytestmark = pytest.mark.slow  # embeds and scores with the real models
 
 STANFORD_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "

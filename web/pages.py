@@ -210,7 +210,13 @@ def _inputs(row: dict, score: dict, example: dict | None) -> tokens.Inputs | str
     neighbour = example["neighbour_messages"] if example and example["neighbour_messages"] else None
     try:
         return tokens.model_inputs(
-            tokens.ScorerKey(score["model"], score["fingerprint"], score["template"], score["template_revision"]),
+            tokens.ScorerKey(
+                score["model"],
+                score["fingerprint"],
+                score["template"],
+                score["template_revision"],
+                score["template_hash"],
+            ),
             score["max_length"],
             messages,
             tuple((m["role"], m["content"]) for m in neighbour) if neighbour else None,

@@ -40,12 +40,14 @@ class Inputs:
 
 @dataclass(frozen=True)
 class ScorerKey:
-    """What a scorer rendered with: its model, the files' fingerprint, template and template revision."""
+    """What a scorer rendered with: its model, the files' fingerprint, template, template revision
+    and the hash of the template's text (None before revision 2)."""
 
     model: str
     fingerprint: str
     template: str
     template_revision: int
+    template_hash: str | None = None
 
 
 def alpaca_fields(instruction: str | None, input: str | None) -> AlpacaFields | None:
@@ -82,6 +84,8 @@ def model_inputs(
         warnings.append(f"the files of {scorer.model} changed since it scored this sample")
     if scorer.template_revision != TEMPLATE_REVISION:
         warnings.append(f"it scored with an older rendering of the {scorer.template!r} template")
+    elif scorer.template_hash is not None and builder.template.key.digest != scorer.template_hash:
+        warnings.append(f"the {scorer.template!r} template found here is not the text it scored with")
     warning = "; ".join(warnings) + "; these inputs are rebuilt with the current code" if warnings else None
     zero = _render(builder, builder.zero_shot(messages, fields))
     one = _render(builder, builder.one_shot(messages, example, fields, example_fields)) if example else None
