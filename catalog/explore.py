@@ -30,10 +30,10 @@ class NotFound(UserError):
 
 @dataclass(frozen=True)
 class Table:
-    """Rows of one statement, with the statement itself."""
+    """Rows of a table, with the statements that produced them (each runs alone in `cli.py sql`)."""
 
     name: str  # short, for download links
-    sql: str
+    statements: tuple[str, ...]
     columns: list[str]
     rows: list[dict[str, Any]]
 
@@ -67,7 +67,7 @@ def fetch(conn: sa.Connection, name: str, sql: str, params: dict[str, Any] | Non
 
 
 def _table(name: str, text: str, arrow) -> Table:
-    return Table(name, text, arrow.column_names, arrow.to_pylist())
+    return Table(name, (text,), arrow.column_names, arrow.to_pylist())
 
 
 def _tidy(sql: str) -> str:
@@ -117,7 +117,7 @@ def overview(catalog: Catalog, runs: int = 10) -> tuple[int, dict[str, Table]]:
     facts = catalog_status(catalog)
     lance = "-- embedded, not_linked: counted from the embedder's LanceDB table (vectors/embedder_<id>)\n"
     tables = {
-        name: Table(name, _tidy(sql), list(facts[name][0]) if facts[name] else [], facts[name])
+        name: Table(name, (_tidy(sql),), list(facts[name][0]) if facts[name] else [], facts[name])
         for name, sql in (
             ("datasets", DATASETS_SQL),
             ("embedders", lance + _tidy(EMBEDDERS_SQL)),
@@ -327,7 +327,7 @@ def samples_page(conn: sa.Connection, key: ScoreKey, query: SampleQuery) -> Samp
     texts = _page_texts(conn, [r["sample_id"] for r in rows])
     table = Table(
         "samples",
-        f"{sql};\n\n{texts.sql};",
+        (sql, *texts.statements),
         table.columns[:1] + ["datasets"] + table.columns[1:] + ["user_text", "response"],
         [{**row, **texts.rows[i]} for i, row in enumerate(rows)],
     )
@@ -347,14 +347,15 @@ def _page_texts(conn: sa.Connection, sample_ids: list[int]) -> Table:
     found = {row["sample_id"]: row for row in db.records(conn, texts)}
     lists = dict(db.execute(conn, datasets))
     rows = [{"sample_id": i, "datasets": lists[i], **found[i]} for i in sample_ids]
-    return Table("texts", f"{texts};\n\n{datasets}", ["sample_id", "datasets", "user_text", "response"], rows)
+    return Table("texts", (texts, datasets), ["sample_id", "datasets", "user_text", "response"], rows)
 
 
 def _with_texts(conn: sa.Connection, table: Table) -> Table:
     """`table` with each row's first dataset and texts added (read for its ids alone)."""
     texts = _page_texts(conn, [row["sample_id"] for row in table.rows])
     rows = [{**row, **text, "dataset": text["datasets"][0]} for row, text in zip(table.rows, texts.rows, strict=True)]
-    return Table(table.name, f"{table.sql};\n\n{texts.sql};", [*table.columns, "dataset", "user_text"], rows)
+    columns = [*table.columns, "dataset", "user_text"]
+    return Table(table.name, (*table.statements, *texts.statements), columns, rows)
 
 
 def samples_download(conn: sa.Connection, key: ScoreKey, query: SampleQuery) -> Table:

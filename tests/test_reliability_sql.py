@@ -192,7 +192,7 @@ def test_reads_of_an_old_catalog_ask_for_upgrade_and_change_nothing(tmp_path, cl
     with db.connect(catalog_dir / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
         migrate.upgrade(conn, "0001")
     before = tree_digest(catalog_dir)
-    for args in (["status"], ["sql", "SELECT count(*) FROM samples"], ["selections"]):
+    for args in (["status"], ["sql", "SELECT count(*) FROM samples"], ["selections"], ["serve", "--port", "1"]):
         result = cli_run(*args)
         assert result.exit_code == 1 and "at schema revision 0001" in result.output and "upgrade" in result.output
         assert tree_digest(catalog_dir) == before

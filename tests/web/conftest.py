@@ -10,9 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from tests.conftest import fixture_records, write_jsonl
+from tests.conftest import CliRun, fixture_records, write_jsonl
 
 # Rows of tests/data/mixed_180.jsonl by source (see tests/data/README.md).
 DATASETS = {"code_alpaca": (0, 50), "dolly": (50, 100), "roleplay": (100, 140), "toolformer": (140, 180)}
@@ -28,9 +27,7 @@ MODEL = "smollm2-135m"
 
 
 def run_cli(catalog: Path, *args: str) -> str:
-    from cli import cli
-
-    result = CliRunner().invoke(cli, ["--catalog", str(catalog), *args], catch_exceptions=False)
+    result = CliRun(catalog)(*args)
     assert result.exit_code == 0, result.output
     return result.output
 

@@ -16,6 +16,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from catalog import Catalog
+from tests.conftest import CliRun
 from tests.web.conftest import MODEL, run_cli, sql
 from web.app import create_app
 
@@ -101,6 +102,27 @@ def test_samples_first_page_is_the_sql_order(client: TestClient, explored: Path)
     )
     assert ids_in_order(page.text) == [r["sample_id"] for r in expected]
     assert "FROM score_current m" in html.unescape(page.text)  # the statement that ran is on the page
+
+
+def shown_statements(text: str) -> list[str]:
+    """The SQL statements a page shows under its tables' "SQL" folds."""
+    return [
+        html.unescape(m)
+        for m in re.findall(r'<details class="sql"><summary>SQL</summary>(.*?)<p class="hint">', text, re.S)
+        for m in re.findall(r"<pre>(.*?)</pre>", m, re.S)
+    ]
+
+
+def test_the_sql_a_page_shows_runs_in_cli_sql_and_gives_its_rows(client: TestClient, explored: Path) -> None:
+    page = client.get(SAMPLES + "?scorer=1&sort=zero_shot_loss&order=asc")
+    ids = ids_in_order(page.text)
+    page_sql, texts_sql, datasets_sql = shown_statements(page.text)
+    assert [r["sample_id"] for r in sql(explored, page_sql)][:50] == ids
+    assert sorted(r["sample_id"] for r in sql(explored, texts_sql)) == sorted(ids)
+    assert sorted(r["sample_id"] for r in sql(explored, datasets_sql)) == sorted(ids)
+    overview = client.get("/")
+    for statement in shown_statements(overview.text):
+        sql(explored, statement)  # every statement of the overview runs as shown
 
 
 @pytest.mark.parametrize(
@@ -305,11 +327,7 @@ def test_a_busy_catalog_says_so_and_then_recovers(explored: Path) -> None:
 
 
 def test_serve_refuses_a_missing_catalog(tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from cli import cli
-
-    result = CliRunner().invoke(cli, ["--catalog", str(tmp_path / "none"), "serve", "--port", "1"])
+    result = CliRun(tmp_path / "none")("serve", "--port", "1")
     assert result.exit_code == 1 and "no catalog at" in result.output
 
 
