@@ -72,6 +72,31 @@ def test_scores_equal_the_contract_computed_independently(tmp_path, cli_run, cat
     assert cli_run.json("score", "--model", "smollm2-135m")["samples"] == 0  # nothing left
 
 
+def test_a_llama_factory_history_file_is_scored_on_the_whole_conversation(tmp_path, cli_run, catalog_dir, smollm2):
+    """Alpaca rows with `system` and `history` (LLaMA-Factory) become multi-turn samples, and their
+    zero-shot pass is the whole conversation: system, the earlier exchanges, then this turn."""
+    from tests.test_ingest_shapes import as_llama_factory, expected_messages, shared_rows
+
+    records = as_llama_factory(shared_rows(8), turns=3)  # 6 conversations of 3 exchanges
+    prepare(tmp_path, cli_run, records)
+    result = cli_run.json("score", "--model", "smollm2-135m")
+    assert (result["pool"], result["samples"], result["unscorable"]) == (6, 6, 0)
+    rows = scores(catalog_dir)
+    with Catalog(catalog_dir).read() as conn:
+        ids = {
+            tuple(m["content"] for m in messages): sample_id
+            for sample_id, messages in db.execute(conn, "SELECT sample_id, messages FROM samples WHERE n_turns = 3")
+        }
+    assert len(ids) == 6
+    for record in records:
+        messages = expected_messages(record)
+        row = rows[ids[tuple(m["content"] for m in messages)]]
+        whole = contract_loss(smollm2, [(m["role"], m["content"]) for m in messages[:-1]], messages[-1]["content"])
+        last_turn_only = contract_loss(smollm2, [("user", messages[-2]["content"])], messages[-1]["content"])
+        assert row["status"] == "ok" and abs(row["zero_shot_loss"] - whole) < 1e-4
+        assert abs(whole - last_turn_only) > 1e-3  # the earlier exchanges matter to the loss
+
+
 def test_miwv_does_not_depend_on_batch_size(tmp_path, cli_run, catalog_dir):
     prepare(tmp_path, cli_run, fixture_records()[1::9])
     copy = tmp_path / "copy"
