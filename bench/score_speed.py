@@ -1,9 +1,9 @@
 """Scoring speed: the `score` job vs a naive reference, in one run, on SmolLM2 (CPU, float32).
 
 Data: N real samples drawn (seeded) from the four files of ../shared/data, ingested, embedded
-and linked in a fresh catalog; every sample needs both passes.
+and linked in a fresh catalog through the Python API (`import miwv`); every sample needs both passes.
 
-- ours: `score_catalog` (length-sorted batches under a token budget, the LM head only at
+- ours: `miwv`'s `score` (length-sorted batches under a token budget, the LM head only at
   response positions, one-shot passes continuing their example's zero-shot KV cache).
 - naive: the same sequences, one forward pass each at batch size 1, logits at every
   position, float32 log-softmax (how per-sample scorers do it).
@@ -28,20 +28,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+import miwv  # noqa: E402
 from bench.common import sampled_records, save, timer  # noqa: E402
-from catalog import Catalog, db  # noqa: E402
-from catalog.ingest import ingest_file  # noqa: E402
-from catalog.score import pending_rows, plan_pool  # noqa: E402
-from scoring.embed import embed_missing  # noqa: E402
-from scoring.models import (  # noqa: E402
-    load_model,
-    load_tokenizer,
-    resolve_model,  # noqa: E402
-)
-from scoring.neighbours import link_neighbours  # noqa: E402
-from scoring.score import score_catalog  # noqa: E402
+from scoring.models import load_model, load_tokenizer, resolve_model  # noqa: E402
 from scoring.sequences import Sequence, SequenceBuilder  # noqa: E402
-from tests.conftest import write_jsonl  # noqa: E402
+
+# Each sample's messages and its neighbour's: the one-shot example the scorer uses.
+PAIRS_SQL = """
+    SELECT s.sample_id, s.messages, t.messages AS neighbour_messages
+    FROM samples s JOIN neighbours n USING (sample_id) JOIN samples t ON t.sample_id = n.neighbour_id
+"""
+STORED_SQL = """
+    SELECT 'zero' AS kind, sample_id, loss FROM zero_shot_loss WHERE status = 'ok'
+    UNION ALL SELECT 'one', sample_id, loss FROM one_shot_loss WHERE status = 'ok'
+"""
+
+
+def turns(messages: list[dict]) -> tuple[tuple[str, str], ...]:
+    return tuple((m["role"], m["content"]) for m in messages)
 
 
 def matmul_peak_gflops() -> float:
@@ -77,37 +81,27 @@ def main() -> None:
         "matmul_peak_gflops": round(matmul_peak_gflops(), 1),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        catalog = Catalog(Path(tmp) / "catalog")
-        ingest_file(catalog, write_jsonl(Path(tmp) / "rows.jsonl", rows), "bench")
-        embedder = embed_missing(catalog).embedder
-        link_neighbours(catalog, embedder)
+        cat = miwv.open(Path(tmp) / "catalog")
+        cat.ingest(rows, dataset="bench")
+        cat.embed()
         spec = resolve_model("smollm2-135m")
-        tokenizer = load_tokenizer(spec)
         model = load_model(spec, "cpu", torch.float32)
-        builder = SequenceBuilder(tokenizer, "chat", 4096)
-        plan = plan_pool(catalog, 0, embedder.embedder_id)  # scorer 0 has nothing yet: every pass
+        builder = SequenceBuilder(load_tokenizer(spec), "chat", 4096)
         sequences = {}
-        for p in pending_rows(catalog, 0, embedder.embedder_id, plan.ids):
-            sequences[("zero", p.sample_id)] = builder.zero_shot(p.messages)
-            sequences[("one", p.sample_id)] = builder.one_shot(p.messages, p.neighbour_messages)
+        for pair in cat.sql(PAIRS_SQL).to_pylist():
+            sequences[("zero", pair["sample_id"])] = builder.zero_shot(turns(pair["messages"]))
+            sequences[("one", pair["sample_id"])] = builder.one_shot(
+                turns(pair["messages"]), turns(pair["neighbour_messages"])
+            )
         sequences = {k: s for k, s in sequences.items() if isinstance(s, Sequence)}
         results["sequences"] = len(sequences)
         results["sequence_tokens"] = sum(len(s.ids) for s in sequences.values())
 
         with timer(results, "ours_s"):
-            ours = score_catalog(catalog, "smollm2-135m", device="cpu")
+            ours = cat.score("smollm2-135m", device="cpu")
         with timer(results, "naive_s"):
             naive = naive_losses(model, sequences)
-        with catalog.read() as conn:
-            stored = {
-                (kind, sample_id): loss
-                for kind, sample_id, loss in db.execute(
-                    conn,
-                    """
-                SELECT 'zero', sample_id, loss FROM zero_shot_loss WHERE status = 'ok'
-                UNION ALL SELECT 'one', sample_id, loss FROM one_shot_loss WHERE status = 'ok'""",
-                )
-            }
+        stored = {(r["kind"], r["sample_id"]): r["loss"] for r in cat.sql(STORED_SQL).to_pylist()}
     results["ours_tokens_run"] = ours.tokens_run
     results["speedup"] = round(results["naive_s"] / results["ours_s"], 2)
     params = sum(p.numel() for p in model.parameters())

@@ -8,7 +8,10 @@ their settings are locked, so no query can switch that off.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,12 +63,54 @@ def connect(
     try:
         conn = _open(engine, db_path, read_only, busy_timeout)
         try:
-            with storage_errors(db_path), conn.begin():
+            with storage_errors(db_path), _ctrl_c_interrupts(raw(conn)), conn.begin():
                 yield conn
         finally:
             conn.close()
     finally:
         engine.dispose()
+
+
+class _Interrupted(Exception):
+    """Ctrl-C stopped a statement (internal: storage_errors makes it the KeyboardInterrupt it was)."""
+
+
+@contextmanager
+def _ctrl_c_interrupts(native) -> Iterator[None]:
+    """Let Ctrl-C stop the statement running on `native` at once.
+
+    DuckDB may run a statement without returning to Python, so Python's SIGINT handler would wait
+    for it (or DuckDB sees the signal itself, now and then, and raises RuntimeError). A signal still
+    writes to the wakeup fd at once: a watcher thread reads it and interrupts DuckDB. Only the main
+    thread receives signals, so elsewhere (the web server's threads) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signalled = threading.Event()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    previous = signal.set_wakeup_fd(write_end)
+    watcher = threading.Thread(target=_interrupt_on_sigint, args=(read_end, native, signalled), daemon=True)
+    watcher.start()
+    try:
+        yield
+    except duckdb.InterruptException:
+        if signalled.is_set():
+            raise _Interrupted from None
+        raise
+    finally:
+        signal.set_wakeup_fd(previous)
+        os.close(write_end)  # the watcher reads end-of-file and returns
+        watcher.join()
+        os.close(read_end)
+
+
+def _interrupt_on_sigint(read_end: int, native, signalled: threading.Event) -> None:
+    while received := os.read(read_end, 1):
+        if received[0] == signal.SIGINT:
+            signalled.set()
+            native.interrupt()
 
 
 def _open(engine: sa.Engine, db_path: Path, read_only: bool, busy_timeout: float) -> sa.Connection:
@@ -134,6 +179,8 @@ def storage_errors(db_path: Path) -> Iterator[None]:
     for Ctrl-C into the KeyboardInterrupt that the signal meant."""
     try:
         yield
+    except _Interrupted:
+        raise KeyboardInterrupt from None
     except RuntimeError as error:
         if type(error) is RuntimeError and str(error) == _SAW_SIGINT:
             raise KeyboardInterrupt from None

@@ -7,12 +7,9 @@ type check only turns the common mistakes (INSERT, COPY, ...) into a friendly me
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import duckdb
 import pyarrow as pa
@@ -55,73 +52,37 @@ def run_read_only(conn, sql: str, allowed: tuple[str, ...] = READ_ONLY, timeout:
             f"read-only: {kind} statements are refused. The catalog changes only through "
             "ingest, embed, neighbours, score and select"
         )
-    with _interruptible(native, timeout) as stop:
+    with _stopped_after(native, timeout) as timed_out:
         try:
             return native.sql(sql).to_arrow_table()
-        except (duckdb.InterruptException, RuntimeError):
-            # DuckDB raises InterruptException for interrupt(), but RuntimeError("Query interrupted") when it
-            # sees the signal itself; `stop` says which of ours it was, and anything else is not ours.
-            if stop.timed_out.is_set():
+        except duckdb.InterruptException:
+            if timed_out.is_set():
                 raise UserError(f"query stopped after {timeout:g} s (--timeout)") from None
-            if stop.signalled.is_set():
-                raise KeyboardInterrupt from None
-            raise
+            raise  # Ctrl-C: the connection (db.connect) makes it a KeyboardInterrupt
         except duckdb.PermissionException as error:
             raise UserError(f"query refused: {first_line(error)} (`sql` reads only the catalog)") from None
         except duckdb.Error as error:
             raise UserError(f"query failed: {first_line(error)}") from None
 
 
-@dataclass
-class _Stop:
-    """Why a running query was interrupted: its timeout, or Ctrl-C (SIGINT)."""
-
-    timed_out: threading.Event = field(default_factory=threading.Event)
-    signalled: threading.Event = field(default_factory=threading.Event)
-
-
 @contextmanager
-def _interruptible(native, timeout: float | None) -> Iterator[_Stop]:
-    """Let a timer (after `timeout` s) and Ctrl-C interrupt the query running on `native`; the
-    yielded _Stop says which did, set before the query is interrupted.
+def _stopped_after(native, timeout: float | None) -> Iterator[threading.Event]:
+    """Interrupt the query running on `native` after `timeout` seconds; the event says it fired."""
+    timed_out = threading.Event()
+    if timeout is None:
+        yield timed_out
+        return
 
-    DuckDB may run the query without returning to Python, so a Python signal handler could wait
-    for it; a signal still writes to the wakeup fd at once, and a watcher thread interrupts DuckDB.
-    Where DuckDB does check for signals, the handler below runs and interrupts it the same way.
-    """
-    stop = _Stop()
-
-    def interrupt(reason: threading.Event) -> None:
-        reason.set()
+    def stop() -> None:
+        timed_out.set()
         native.interrupt()
 
-    timer = threading.Timer(timeout, interrupt, args=(stop.timed_out,)) if timeout is not None else None
-    watch = threading.current_thread() is threading.main_thread()
-    if watch:
-        read_end, write_end = os.pipe()
-        os.set_blocking(write_end, False)
-        previous_fd = signal.set_wakeup_fd(write_end)
-        previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupt(stop.signalled))
-        watcher = threading.Thread(target=_interrupt_on_signal, args=(read_end, stop, interrupt), daemon=True)
-        watcher.start()
-    if timer is not None:
-        timer.start()
+    timer = threading.Timer(timeout, stop)
+    timer.start()
     try:
-        yield stop
+        yield timed_out
     finally:
-        if timer is not None:
-            timer.cancel()
-        if watch:
-            signal.signal(signal.SIGINT, previous_handler)
-            signal.set_wakeup_fd(previous_fd)
-            os.close(write_end)  # the watcher reads end-of-file and returns
-            watcher.join()
-            os.close(read_end)
-
-
-def _interrupt_on_signal(read_end: int, stop: _Stop, interrupt: Callable[[threading.Event], None]) -> None:
-    while os.read(read_end, 1):
-        interrupt(stop.signalled)
+        timer.cancel()
 
 
 def first_line(error: Exception) -> str:

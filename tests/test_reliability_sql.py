@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -122,6 +121,7 @@ def test_a_timeout_out_of_range_is_one_line(filled, cli_run, timeout):
     assert "--timeout must be a positive number of seconds, at most 604800" in result.output
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_slow_query_at_once(filled, catalog_dir):
     query = subprocess.Popen(
         [sys.executable, "cli.py", "--catalog", str(catalog_dir), "sql", SLOW],
@@ -132,43 +132,52 @@ def test_ctrl_c_stops_a_slow_query_at_once(filled, catalog_dir):
         env={**os.environ, "PYTHONPATH": str(REPO)},
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under a runner
     )
-    time.sleep(4)  # imports, then the query runs
-    assert query.poll() is None
-    os.kill(query.pid, signal.SIGINT)
-    sent = time.monotonic()
-    _, err = query.communicate(timeout=30)
+    try:
+        time.sleep(4)  # imports, then the query runs
+        assert query.poll() is None
+        os.kill(query.pid, signal.SIGINT)
+        sent = time.monotonic()
+        _, err = query.communicate(timeout=30)
+    finally:
+        query.kill()  # a query that ignored the signal would run on for minutes
     assert time.monotonic() - sent < 3
     assert query.returncode == 130 and len(err.strip().splitlines()) == 1 and "Interrupted" in err
+
+
+# Runs SLOW on a catalog connection (argv[2]: write or read) and reports how Ctrl-C ended it.
+CTRL_C_IN_A_STATEMENT = f"""
+import sys
+from catalog import Catalog, db
+catalog = Catalog(sys.argv[1])
+try:
+    with getattr(catalog, sys.argv[2])() as conn:
+        print("running", flush=True)
+        db.execute(conn, "{SLOW}")
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+"""
 
 
 @pytest.mark.parametrize("mode", ["write", "read"])
 def test_ctrl_c_during_any_catalog_statement_is_an_interrupt(filled, catalog_dir, mode):
     """DuckDB answers a SIGINT it sees mid-statement with a RuntimeError; every catalog connection
     (a score job's commit, a report's query) turns it back into Ctrl-C, so the CLI says "Interrupted"."""
-    armed = threading.Event()
-
-    def ctrl_c(*_):
-        if armed.is_set():
-            raise KeyboardInterrupt
-
-    def press_until_stopped():  # again and again: one that lands while DuckDB opens the file is swallowed
-        while armed.wait(0) and not done.wait(0.5):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    done = threading.Event()
-    previous = signal.signal(signal.SIGINT, ctrl_c)
-    armed.set()
-    presser = threading.Thread(target=press_until_stopped)
-    presser.start()
+    process = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C_IN_A_STATEMENT, str(catalog_dir), mode],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under a runner
+    )
     try:
-        with pytest.raises(KeyboardInterrupt):
-            with getattr(Catalog(catalog_dir), mode)() as conn:
-                db.execute(conn, SLOW)
+        assert process.stdout.readline().strip() == "running"
+        time.sleep(0.5)  # the statement runs
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
     finally:
-        armed.clear()
-        done.set()
-        presser.join()
-        signal.signal(signal.SIGINT, previous)
+        process.kill()  # a statement that ignored the signal would run on for minutes
+    assert (out.strip(), process.returncode) == ("KeyboardInterrupt", 0), err
 
 
 def test_reads_never_touch_a_foreign_database(tmp_path, cli_run, catalog_dir):

@@ -29,6 +29,7 @@ VectorTable(Path(sys.argv[1]), 1, 384).add(np.arange(300), np.random.rand(300, 3
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("limit", [1, 100, 600, 5000])  # the first write, the version file, the data file
 def test_a_disk_full_first_embed_leaves_nothing_a_rerun_trips_on(tmp_path, limit):
     child = subprocess.run(
@@ -63,6 +64,7 @@ def test_a_vector_table_with_missing_files_names_its_folder(tmp_path):
         VectorTable(tmp_path / "vectors", 1, 4).load()
 
 
+@pytest.mark.slow
 def test_status_says_run_embed_when_the_vectors_are_gone(tmp_path, cli_run, catalog_dir):
     cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", fixture_records()[:20]), "--dataset", "a")
     assert cli_run("embed").exit_code == 0
@@ -96,6 +98,7 @@ with Catalog(sys.argv[1]).read():
 """
 
 
+@pytest.mark.slow
 def test_a_reader_is_named_as_a_reader(tmp_path, cli_run, catalog_dir):
     cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", fixture_records()[:5]), "--dataset", "a")
     reader = subprocess.Popen(
@@ -136,6 +139,7 @@ def test_neighbours_waits_for_a_long_reader_and_stores_its_run(tmp_path, cli_run
     assert runs == {"n": 2}  # embed's, then the rebuild's
 
 
+@pytest.mark.slow
 def test_a_reader_refused_by_a_writer_names_the_writer(tmp_path, cli_run, catalog_dir, monkeypatch):
     cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", fixture_records()[:5]), "--dataset", "a")
     script = textwrap.dedent("""

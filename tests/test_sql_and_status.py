@@ -113,6 +113,7 @@ with Catalog(sys.argv[1]).write():
 """
 
 
+@pytest.mark.slow
 def test_a_busy_catalog_is_retried_then_reported(filled, catalog_dir, monkeypatch, cli_run):
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_WRITE_LOCK, str(catalog_dir), "2.5"], cwd=REPO, stdout=subprocess.PIPE, text=True
