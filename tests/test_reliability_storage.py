@@ -45,6 +45,32 @@ def test_a_disk_full_first_embed_leaves_nothing_a_rerun_trips_on(tmp_path, limit
     assert len(VectorTable(tmp_path / "vectors", 1, 384).ids()) == 300
 
 
+FULL_DISK_COMPACT = """
+import resource, signal, sys
+from pathlib import Path
+from catalog.vectors import VectorTable
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))  # no file may grow: the merged fragment cannot be written
+VectorTable(Path(sys.argv[1]), 1, 384).compact()
+"""
+
+
+@pytest.mark.slow
+def test_a_disk_full_compaction_is_one_line_and_keeps_every_vector(tmp_path):
+    table = VectorTable(tmp_path / "vectors", 1, 384)
+    vectors = np.random.default_rng(0).random((300, 384), dtype=np.float32)
+    for start in range(0, 300, 100):  # three appends, three fragments to merge
+        table.add(np.arange(start, start + 100), vectors[start : start + 100])
+    child = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_COMPACT, str(tmp_path / "vectors")], cwd=REPO, capture_output=True, text=True
+    )
+    assert child.returncode == 1  # a library call: the StorageError is raised (the CLI prints its line)
+    assert child.stderr.strip().splitlines()[-1].startswith(f"catalog.errors.StorageError: vector table {table.folder}")
+    assert "free disk space" in child.stderr
+    ids, stored = VectorTable(tmp_path / "vectors", 1, 384).load()
+    assert ids.tolist() == list(range(300)) and np.array_equal(stored, vectors)
+
+
 def test_a_half_created_table_is_repaired_by_the_next_open(tmp_path):
     """What LanceDB leaves when the disk fills while it creates a table: folders, no version."""
     for part in ("_versions", "_transactions", "data"):

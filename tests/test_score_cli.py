@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -95,6 +96,39 @@ def test_a_llama_factory_history_file_is_scored_on_the_whole_conversation(tmp_pa
         last_turn_only = contract_loss(smollm2, [("user", messages[-2]["content"])], messages[-1]["content"])
         assert row["status"] == "ok" and abs(row["zero_shot_loss"] - whole) < 1e-4
         assert abs(whole - last_turn_only) > 1e-3  # the earlier exchanges matter to the loss
+
+
+def test_a_disk_full_batch_commit_is_one_line_and_keeps_the_batches_before_it(tmp_path, cli_run, catalog_dir):
+    """The disk fills while `score` runs: the batch that cannot be committed ends the job with one
+    line (exit 4), every batch committed before it stays, and the rerun computes only the rest."""
+    prepare(tmp_path, cli_run, fixture_records()[::15])  # 12 rows
+    command = [sys.executable, str(REPO / "cli.py"), "--catalog", str(catalog_dir), "score", "--model", "smollm2-135m"]
+    process = subprocess.Popen(
+        [*command, "--max-batch", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN),  # writes past the limit fail with EFBIG
+    )
+    catalog = Catalog(catalog_dir, busy_timeout=30)
+    committed = 0
+    while not committed and process.poll() is None:
+        time.sleep(0.3)
+        with catalog.read() as conn:
+            committed = db.execute(conn, "SELECT count(*) FROM zero_shot_loss")[0][0]
+    assert committed, "score finished before the disk could fill"
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (1, 1))  # from now on no file of it may grow: a full disk
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == 4 and "Traceback" not in err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith(f"Error: catalog file {catalog_dir / 'catalog.duckdb'}:") and "File too large" in message
+    with catalog.read() as conn:
+        kept = db.execute(conn, "SELECT count(*) FROM zero_shot_loss")[0][0]
+    assert 0 < kept < 12
+    assert cli_run("score", "--model", "smollm2-135m").exit_code == 0  # with room again, it finishes
+    assert len(scores(catalog_dir)) == 12
+    with catalog.read() as conn:
+        assert db.execute(conn, "SELECT count(*) FROM zero_shot_loss WHERE run_id = 1")[0][0] == kept
 
 
 def test_miwv_does_not_depend_on_batch_size(tmp_path, cli_run, catalog_dir):
