@@ -280,6 +280,8 @@ def test_a_refused_score_writes_nothing_and_an_empty_scorer_is_never_the_default
     selected = cli_run("select", "--model", "smollm2-135m", "--top-k", "3", "--out", tmp_path / "top.jsonl")
     assert selected.exit_code == 0, selected.output
     assert "eligible 12" in selected.output and "selected 3" in selected.output
+    report = cli_run.json("report", "--model", "smollm2-135m", "--out", tmp_path / "report")
+    assert report["scorer"].startswith("scorer 1:")  # not the newer, empty scorer 2
 
 
 def test_score_waits_for_a_long_reader_and_stores_everything(tmp_path, catalog_dir, cli_run):
