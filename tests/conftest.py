@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +30,22 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     return path
 
 
-# `python -c HOLD_READ DB_FILE`: holds the catalog file open read-only (printing "holding") until a
-# line arrives on stdin, so a test can see a writer wait for it.
 HOLD_READ = """
 import sys, duckdb
 connection = duckdb.connect(sys.argv[1], read_only=True)
 print("holding", flush=True)
 sys.stdin.readline()
 """
+
+
+def hold_read(db_file: Path) -> subprocess.Popen:
+    """A process holding `db_file` open read-only until a line is written to its stdin
+    (`reader.communicate("release\\n")`), so a test can see a writer wait for a reader."""
+    reader = subprocess.Popen(
+        [sys.executable, "-c", HOLD_READ, str(db_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert reader.stdout.readline().strip() == "holding"
+    return reader
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from catalog import Catalog, CatalogBusy
 from catalog.errors import StorageError
 from catalog.vectors import VectorTable
-from tests.conftest import HOLD_READ, REPO, CliRun, fixture_records, write_jsonl
+from tests.conftest import REPO, CliRun, fixture_records, hold_read, write_jsonl
 
 FULL_DISK_ADD = """
 import resource, signal, sys
@@ -146,13 +146,7 @@ def test_neighbours_waits_for_a_long_reader_and_stores_its_run(tmp_path, cli_run
     timeout delays the links' commit, never kills the run."""
     cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", fixture_records()[:20]), "--dataset", "a")
     assert cli_run("embed").exit_code == 0
-    reader = subprocess.Popen(
-        [sys.executable, "-c", HOLD_READ, str(catalog_dir / "catalog.duckdb")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert reader.stdout.readline().strip() == "holding"
+    reader = hold_read(catalog_dir / "catalog.duckdb")
     command = [sys.executable, str(REPO / "cli.py"), "--catalog", str(catalog_dir), "neighbours", "--rebuild"]
     env = {**os.environ, "MIWV_BUSY_TIMEOUT": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

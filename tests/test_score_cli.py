@@ -18,7 +18,7 @@ import torch
 
 from catalog import Catalog, db
 from catalog.score import TemplateKey, register_scorer
-from tests.conftest import HOLD_READ, REPO, CliRun, fixture_records, write_jsonl
+from tests.conftest import REPO, CliRun, fixture_records, hold_read, write_jsonl
 
 pytestmark = pytest.mark.slow  # the real SmolLM2 and MiniLM
 
@@ -298,13 +298,7 @@ def test_score_waits_for_a_long_reader_and_stores_everything(tmp_path, catalog_d
             if db.execute(conn, "SELECT count(*) FROM zero_shot_loss")[0][0]:
                 break
     assert process.poll() is None, "score finished before the reader came"
-    reader = subprocess.Popen(
-        [sys.executable, "-c", HOLD_READ, str(catalog_dir / "catalog.duckdb")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert reader.stdout.readline().strip() == "holding"
+    reader = hold_read(catalog_dir / "catalog.duckdb")
     waited = ""
     for line in process.stderr:  # the reader holds on until the writer has waited past the busy timeout
         if "waiting for the catalog" in line:
