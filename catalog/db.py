@@ -13,7 +13,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,39 +71,51 @@ def connect(
         engine.dispose()
 
 
-class _Interrupted(Exception):
-    """Ctrl-C stopped a statement (internal: storage_errors makes it the KeyboardInterrupt it was)."""
+# What DuckDB raises (a plain RuntimeError) when it sees Ctrl-C itself while a statement runs.
+_SAW_SIGINT = "Query interrupted"
 
 
 @contextmanager
 def _ctrl_c_interrupts(native) -> Iterator[None]:
-    """Let Ctrl-C stop the statement running on `native` at once.
+    """Let Ctrl-C stop the statement running on `native` at once, as a KeyboardInterrupt.
 
     DuckDB may run a statement without returning to Python, so Python's SIGINT handler would wait
     for it (or DuckDB sees the signal itself, now and then, and raises RuntimeError). A signal still
     writes to the wakeup fd at once: a watcher thread reads it and interrupts DuckDB. Only the main
-    thread receives signals, so elsewhere (the web server's threads) this does nothing.
+    thread receives signals, so elsewhere (the web server's threads) nothing is watched.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     signalled = threading.Event()
+    stop_watching = _watch_sigint(native, signalled) if threading.current_thread() is threading.main_thread() else None
+    try:
+        yield
+    except duckdb.InterruptException:
+        if signalled.is_set():
+            raise KeyboardInterrupt from None
+        raise
+    except RuntimeError as error:
+        if type(error) is RuntimeError and str(error) == _SAW_SIGINT:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if stop_watching is not None:
+            stop_watching()
+
+
+def _watch_sigint(native, signalled: threading.Event) -> Callable[[], None]:
+    """Start the watcher; returns what stops it."""
     read_end, write_end = os.pipe()
     os.set_blocking(write_end, False)
     previous = signal.set_wakeup_fd(write_end)
     watcher = threading.Thread(target=_interrupt_on_sigint, args=(read_end, native, signalled), daemon=True)
     watcher.start()
-    try:
-        yield
-    except duckdb.InterruptException:
-        if signalled.is_set():
-            raise _Interrupted from None
-        raise
-    finally:
+
+    def stop() -> None:
         signal.set_wakeup_fd(previous)
         os.close(write_end)  # the watcher reads end-of-file and returns
         watcher.join()
         os.close(read_end)
+
+    return stop
 
 
 def _interrupt_on_sigint(read_end: int, native, signalled: threading.Event) -> None:
@@ -168,23 +180,14 @@ def process_command(pid: int, limit: int = 120) -> str | None:
 
 
 _OS_TROUBLE = ("Could not write", "Could not read", "No space left", "File too large", "Permission denied")
-# What DuckDB raises (a plain RuntimeError) when it sees Ctrl-C itself while a statement runs.
-_SAW_SIGINT = "Query interrupted"
 
 
 @contextmanager
 def storage_errors(db_path: Path) -> Iterator[None]:
-    """Turn DuckDB's lock conflicts into _Locked, its disk, permission and corruption errors
-    about `db_path` into one StorageError line that says what to do, and a statement it stopped
-    for Ctrl-C into the KeyboardInterrupt that the signal meant."""
+    """Turn DuckDB's lock conflicts into _Locked, and its disk, permission and corruption
+    errors about `db_path` into one StorageError line that says what to do."""
     try:
         yield
-    except _Interrupted:
-        raise KeyboardInterrupt from None
-    except RuntimeError as error:
-        if type(error) is RuntimeError and str(error) == _SAW_SIGINT:
-            raise KeyboardInterrupt from None
-        raise
     except (sa.exc.DBAPIError, duckdb.Error) as error:
         native = error.orig if isinstance(error, sa.exc.DBAPIError) else error
         text = str(native)
