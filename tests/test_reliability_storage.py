@@ -115,29 +115,18 @@ def test_a_job_lock_that_cannot_be_opened_is_one_line(tmp_path, catalog_dir):
             pass
 
 
-HOLD_READ_FOR = """
-import sys, time
-from catalog import Catalog
-with Catalog(sys.argv[1]).read():
-    print("reading", flush=True)
-    time.sleep(float(sys.argv[2]))
-"""
-
-
 @pytest.mark.slow
 def test_a_reader_is_named_as_a_reader(tmp_path, cli_run, catalog_dir):
     cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", fixture_records()[:5]), "--dataset", "a")
-    reader = subprocess.Popen(
-        [sys.executable, "-c", HOLD_READ_FOR, str(catalog_dir), "3"], cwd=REPO, stdout=subprocess.PIPE, text=True
-    )
-    assert reader.stdout.readline().strip() == "reading"
+    reader = hold_read(catalog_dir / "catalog.duckdb")
     with pytest.raises(CatalogBusy) as busy:
         with Catalog(catalog_dir, busy_timeout=0.3).write():
             pass
     assert (busy.value.pid, busy.value.role) == (reader.pid, "reader")
     assert "-c" in busy.value.command and f"process {reader.pid} (" in str(busy.value)
     assert "is reading it" in str(busy.value) and "writing" not in str(busy.value)
-    assert reader.wait(timeout=30) == 0
+    reader.communicate("release\n", timeout=30)
+    assert reader.returncode == 0
 
 
 @pytest.mark.slow
