@@ -71,34 +71,41 @@ def connect(
         engine.dispose()
 
 
-# What DuckDB raises (a plain RuntimeError) when it sees Ctrl-C itself while a statement runs.
-_SAW_SIGINT = "Query interrupted"
-
-
 @contextmanager
 def _ctrl_c_interrupts(native) -> Iterator[None]:
     """Let Ctrl-C stop the statement running on `native` at once, as a KeyboardInterrupt.
 
     DuckDB may run a statement without returning to Python, so Python's SIGINT handler would wait
-    for it (or DuckDB sees the signal itself, now and then, and raises RuntimeError). A signal still
-    writes to the wakeup fd at once: a watcher thread reads it and interrupts DuckDB. Only the main
-    thread receives signals, so elsewhere (the web server's threads) nothing is watched.
+    for it. A signal still writes to the wakeup fd at once: a watcher thread reads it and interrupts
+    DuckDB. What DuckDB then raises varies (InterruptException, a RuntimeError, another Error when
+    it ran Python's handler itself), and the caller may have reworded it, so the fact is recorded
+    instead: a handler notes every SIGINT, and whatever the body raises after one is the Ctrl-C.
+    Only the main thread receives signals, so elsewhere (the web server's threads) nothing is watched.
     """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     signalled = threading.Event()
-    stop_watching = _watch_sigint(native, signalled) if threading.current_thread() is threading.main_thread() else None
+    previous_handler = signal.getsignal(signal.SIGINT)
+
+    def note_sigint(signum, frame) -> None:
+        signalled.set()
+        if callable(previous_handler):
+            previous_handler(signum, frame)
+        elif previous_handler != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, note_sigint)
+    stop_watching = _watch_sigint(native, signalled)
     try:
         yield
-    except duckdb.InterruptException:
+    except BaseException:
         if signalled.is_set():
             raise KeyboardInterrupt from None
         raise
-    except RuntimeError as error:
-        if type(error) is RuntimeError and str(error) == _SAW_SIGINT:
-            raise KeyboardInterrupt from None
-        raise
     finally:
-        if stop_watching is not None:
-            stop_watching()
+        stop_watching()
+        signal.signal(signal.SIGINT, previous_handler)
 
 
 def _watch_sigint(native, signalled: threading.Event) -> Callable[[], None]:

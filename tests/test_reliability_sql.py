@@ -141,7 +141,7 @@ def test_ctrl_c_stops_a_slow_query_at_once(filled, catalog_dir):
     finally:
         query.kill()  # a query that ignored the signal would run on for minutes
     assert time.monotonic() - sent < 3
-    assert query.returncode == 130 and len(err.strip().splitlines()) == 1 and "Interrupted" in err
+    assert query.returncode == 130 and len(err.strip().splitlines()) == 1 and "Interrupted" in err, err
 
 
 # Runs SLOW on a catalog connection (argv[2]: write or read) and reports how Ctrl-C ended it.
@@ -178,6 +178,37 @@ def test_ctrl_c_during_any_catalog_statement_is_an_interrupt(filled, catalog_dir
     finally:
         process.kill()  # a statement that ignored the signal would run on for minutes
     assert (out.strip(), process.returncode) == ("KeyboardInterrupt", 0), err
+
+
+# Ctrl-C while a connection is open, then a failing statement: in CI, the watcher's interrupt came
+# late and stopped the transaction's rollback, which sqlalchemy raised as a DatabaseError.
+CTRL_C_THEN_AN_ERROR = """
+import os, signal, sys, time
+from catalog import Catalog, db
+catalog = Catalog(sys.argv[1])
+try:
+    with getattr(catalog, sys.argv[2])() as conn:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(30)
+        except KeyboardInterrupt:
+            db.execute(conn, "SELECT * FROM no_such_table")
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["write", "read"])
+def test_whatever_a_connection_raises_after_ctrl_c_is_the_ctrl_c(filled, catalog_dir, mode):
+    process = subprocess.run(
+        [sys.executable, "-c", CTRL_C_THEN_AN_ERROR, str(catalog_dir), mode],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under a runner
+    )
+    assert (process.stdout.strip(), process.returncode) == ("KeyboardInterrupt", 0), process.stderr
 
 
 def test_reads_never_touch_a_foreign_database(tmp_path, cli_run, catalog_dir):
