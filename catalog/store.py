@@ -102,13 +102,16 @@ class Catalog:
     def read(self) -> Iterator[sa.Connection]:
         """One read-only, sandboxed connection (DuckDB may touch no file but the catalog)."""
         self.require()
-        if not self._schema_checked:
-            revision = self._stored_revision()
-            if revision != migrate.head_revision():
-                if not self.auto_upgrade:
-                    raise UserError(self._needs_upgrade(revision))
-                self.upgrade()
-            self._schema_checked = True
+        with db.connect(self.db_path, read_only=True, busy_timeout=self.busy_timeout) as conn:
+            revision = migrate.head_revision() if self._schema_checked else self._revision(conn)
+            if revision == migrate.head_revision():
+                self._schema_checked = True
+                yield conn
+                return
+        # An old schema: write commands upgrade it, read commands ask for `upgrade`.
+        if not self.auto_upgrade:
+            raise UserError(self._needs_upgrade(revision))
+        self.upgrade()
         with db.connect(self.db_path, read_only=True, busy_timeout=self.busy_timeout) as conn:
             yield conn
 
