@@ -28,7 +28,7 @@ browser:
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
-# Skips the tests marked slow (real models, subprocess pipelines): under a minute.
+# Skips the tests marked slow (real models, Ray, subprocesses): under a minute.
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,29 @@ class CliRun:
 def cli_run(catalog_dir: Path) -> CliRun:
     """The CLI on this test's temp catalog."""
     return CliRun(catalog_dir)
+
+
+@pytest.fixture(scope="session")
+def _catalogs_built() -> dict[Callable, Path]:
+    return {}
+
+
+@pytest.fixture
+def catalog_built_by(catalog_dir: Path, tmp_path_factory, _catalogs_built) -> Callable[[Callable[[CliRun], Any]], None]:
+    """`catalog_built_by(build)` gives this test its own copy of the catalog that `build(cli_run)` makes.
+
+    Each builder (a module-level function: the real CLI on real rows, its files beside the catalog)
+    runs once per session; copying the finished files is what keeps the fast tier fast.
+    """
+
+    def give(build: Callable[[CliRun], Any]) -> None:
+        if build not in _catalogs_built:
+            built = tmp_path_factory.mktemp(build.__name__) / "catalog"
+            build(CliRun(built))
+            _catalogs_built[build] = built
+        shutil.copytree(_catalogs_built[build], catalog_dir)
+
+    return give
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ print(",".join(m for m in ("torch", "transformers", "sentence_transformers", "la
 """
 
 
+@pytest.mark.slow
 def test_import_miwv_is_fast_and_loads_no_model_library():
     probe = subprocess.run(
         [sys.executable, "-c", IMPORT_PROBE], cwd=REPO, capture_output=True, text=True, check=True
@@ -41,13 +42,17 @@ def test_open_takes_a_path_else_the_env_else_the_default(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def filled(catalog_dir) -> miwv.Catalog:
+def filled(catalog_built_by, catalog_dir) -> miwv.Catalog:
     """The 180 fixture rows, as dataset "mixed" (first 100) and "tail" (last 80)."""
-    cat = miwv.open(catalog_dir)
+    catalog_built_by(ingest_mixed_and_tail)
+    return miwv.open(catalog_dir)
+
+
+def ingest_mixed_and_tail(cli_run) -> None:
+    cat = miwv.open(cli_run.catalog)
     rows = fixture_records()
-    cat.ingest(write_jsonl(catalog_dir.parent / "mixed.jsonl", rows[:100]), dataset="mixed")
-    cat.ingest(write_jsonl(catalog_dir.parent / "tail.jsonl", rows[100:]), dataset="tail")
-    return cat
+    cat.ingest(write_jsonl(cli_run.catalog.parent / "mixed.jsonl", rows[:100]), dataset="mixed")
+    cat.ingest(write_jsonl(cli_run.catalog.parent / "tail.jsonl", rows[100:]), dataset="tail")
 
 
 def test_ingest_returns_its_result_and_status_is_what_the_cli_prints(catalog_dir, cli_run):

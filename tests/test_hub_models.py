@@ -15,6 +15,8 @@ import pytest
 
 from tests.conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test resolves a model in a fresh Python process (transformers imported)
+
 CLOSED_PORT = "http://127.0.0.1:9"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 RESOLVE = """
@@ -65,7 +67,6 @@ def resolve(name: str, hf_home: Path, offline: bool) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("offline", [False, True])
 def test_a_model_in_the_local_cache_is_used_without_the_hub(tmp_path, tiny_model, offline):
     folder, names = tiny_model

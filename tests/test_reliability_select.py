@@ -18,11 +18,15 @@ from tests.conftest import fixture_records, write_jsonl
 
 
 @pytest.fixture
-def filled(tmp_path, cli_run):
+def filled(catalog_built_by):
+    catalog_built_by(ingest_30_rows_with_odd_extras)
+
+
+def ingest_30_rows_with_odd_extras(cli_run) -> None:
     records = fixture_records()[:30]
     records[0] = {**records[0], "huge": 2**70, "mixed": 1}
     records[1] = {**records[1], "mixed": "one"}
-    assert cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", records), "--dataset", "a").exit_code == 0
+    assert cli_run("ingest", write_jsonl(cli_run.catalog.parent / "a.jsonl", records), "--dataset", "a").exit_code == 0
 
 
 def selections(cli_run) -> int:
@@ -120,6 +124,7 @@ def test_extras_arrow_cannot_type_still_export(filled, cli_run, tmp_path, name):
         assert {r["mixed"] for r in rows} == {"1", "one", None}
 
 
+@pytest.mark.slow
 def test_when_the_selection_cannot_be_recorded_no_file_is_written(filled, cli_run, catalog_dir, tmp_path):
     out = tmp_path / "top.jsonl"
     out.write_text("the previous selection\n")
@@ -144,7 +149,7 @@ main()
     assert child.returncode == 4, child.stderr
     assert len(child.stderr.strip().splitlines()) == 1 and "free disk space" in child.stderr
     assert out.read_text() == "the previous selection\n"
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["a.jsonl", "catalog", "run.py", "top.jsonl"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["catalog", "run.py", "top.jsonl"])
     assert selections(cli_run) == 0
 
 

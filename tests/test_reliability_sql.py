@@ -19,9 +19,13 @@ from catalog import Catalog, db, migrate
 from tests.conftest import REPO, fixture_records, write_jsonl
 
 
+def ingest_40_rows(cli_run) -> None:
+    cli_run("ingest", write_jsonl(cli_run.catalog.parent / "a.jsonl", fixture_records()[:40]), "--dataset", "a")
+
+
 @pytest.fixture
-def filled(tmp_path, cli_run):
-    cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", fixture_records()[:40]), "--dataset", "a")
+def filled(catalog_built_by):
+    catalog_built_by(ingest_40_rows)
 
 
 def tree_digest(*folders: Path) -> dict[str, str]:
@@ -158,6 +162,7 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["write", "read"])
 def test_ctrl_c_during_any_catalog_statement_is_an_interrupt(filled, catalog_dir, mode):
     """DuckDB answers a SIGINT it sees mid-statement with a RuntimeError; every catalog connection
@@ -198,6 +203,7 @@ except KeyboardInterrupt:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["write", "read"])
 def test_whatever_a_connection_raises_after_ctrl_c_is_the_ctrl_c(filled, catalog_dir, mode):
     process = subprocess.run(

@@ -15,11 +15,15 @@ from tests.conftest import REPO, CliRun, fixture_records, write_jsonl
 
 
 @pytest.fixture
-def filled(tmp_path, cli_run):
+def filled(catalog_built_by):
+    catalog_built_by(ingest_a_and_an_overlapping_b)
+    return fixture_records()
+
+
+def ingest_a_and_an_overlapping_b(cli_run) -> None:
     records = fixture_records()
-    cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", records[:100]), "--dataset", "a")
-    cli_run("ingest", write_jsonl(tmp_path / "b.jsonl", records[50:]), "--dataset", "b")
-    return records
+    cli_run("ingest", write_jsonl(cli_run.catalog.parent / "a.jsonl", records[:100]), "--dataset", "a")
+    cli_run("ingest", write_jsonl(cli_run.catalog.parent / "b.jsonl", records[50:]), "--dataset", "b")
 
 
 def test_sql_outputs_table_csv_and_json(filled, cli_run):
@@ -140,6 +144,7 @@ with Catalog(sys.argv[1]).job("score"):
 """
 
 
+@pytest.mark.slow
 def test_two_long_jobs_never_run_on_one_catalog(filled, catalog_dir, cli_run):
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_JOB, str(catalog_dir), "120"], cwd=REPO, stdout=subprocess.PIPE, text=True
