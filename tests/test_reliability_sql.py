@@ -148,18 +148,28 @@ def test_ctrl_c_stops_a_slow_query_at_once(filled, catalog_dir):
     assert query.returncode == 130 and len(err.strip().splitlines()) == 1 and "Interrupted" in err, err
 
 
-# Runs SLOW on a catalog connection (argv[2]: write or read) and reports how Ctrl-C ended it.
-CTRL_C_IN_A_STATEMENT = f"""
-import sys
+# Runs BODY on a catalog connection (argv[2]: write or read) and reports how Ctrl-C ended it.
+ON_A_CATALOG_CONNECTION = """
+import os, signal, sys, time
 from catalog import Catalog, db
-catalog = Catalog(sys.argv[1])
 try:
-    with getattr(catalog, sys.argv[2])() as conn:
-        print("running", flush=True)
-        db.execute(conn, "{SLOW}")
+    with getattr(Catalog(sys.argv[1]), sys.argv[2])() as conn:
+BODY
 except KeyboardInterrupt:
     print("KeyboardInterrupt", flush=True)
 """
+
+
+def on_a_catalog_connection(body: str, catalog_dir: Path, mode: str) -> subprocess.Popen:
+    """A Python process running `body` (indented 8) on a `mode` connection, with SIGINT at its default."""
+    return subprocess.Popen(
+        [sys.executable, "-c", ON_A_CATALOG_CONNECTION.replace("BODY", body), str(catalog_dir), mode],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under a runner
+    )
 
 
 @pytest.mark.slow
@@ -167,14 +177,9 @@ except KeyboardInterrupt:
 def test_ctrl_c_during_any_catalog_statement_is_an_interrupt(filled, catalog_dir, mode):
     """DuckDB answers a SIGINT it sees mid-statement with a RuntimeError; every catalog connection
     (a score job's commit, a report's query) turns it back into Ctrl-C, so the CLI says "Interrupted"."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", CTRL_C_IN_A_STATEMENT, str(catalog_dir), mode],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under a runner
-    )
+    body = f"""        print("running", flush=True)
+        db.execute(conn, "{SLOW}")"""
+    process = on_a_catalog_connection(body, catalog_dir, mode)
     try:
         assert process.stdout.readline().strip() == "running"
         time.sleep(0.5)  # the statement runs
@@ -187,34 +192,22 @@ def test_ctrl_c_during_any_catalog_statement_is_an_interrupt(filled, catalog_dir
 
 # Ctrl-C while a connection is open, then a failing statement: in CI, the watcher's interrupt came
 # late and stopped the transaction's rollback, which sqlalchemy raised as a DatabaseError.
-CTRL_C_THEN_AN_ERROR = """
-import os, signal, sys, time
-from catalog import Catalog, db
-catalog = Catalog(sys.argv[1])
-try:
-    with getattr(catalog, sys.argv[2])() as conn:
-        try:
+CTRL_C_THEN_AN_ERROR = """        try:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(30)
         except KeyboardInterrupt:
-            db.execute(conn, "SELECT * FROM no_such_table")
-except KeyboardInterrupt:
-    print("KeyboardInterrupt", flush=True)
-"""
+            db.execute(conn, "SELECT * FROM no_such_table")"""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["write", "read"])
 def test_whatever_a_connection_raises_after_ctrl_c_is_the_ctrl_c(filled, catalog_dir, mode):
-    process = subprocess.run(
-        [sys.executable, "-c", CTRL_C_THEN_AN_ERROR, str(catalog_dir), mode],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under a runner
-    )
-    assert (process.stdout.strip(), process.returncode) == ("KeyboardInterrupt", 0), process.stderr
+    process = on_a_catalog_connection(CTRL_C_THEN_AN_ERROR, catalog_dir, mode)
+    try:
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert (out.strip(), process.returncode) == ("KeyboardInterrupt", 0), err
 
 
 def test_reads_never_touch_a_foreign_database(tmp_path, cli_run, catalog_dir):
