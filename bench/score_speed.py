@@ -30,6 +30,7 @@ import torch  # noqa: E402
 
 import miwv  # noqa: E402
 from bench.common import sampled_records, save, timer  # noqa: E402
+from catalog.score import messages_of  # noqa: E402
 from scoring.models import load_model, load_tokenizer, resolve_model  # noqa: E402
 from scoring.sequences import Sequence, SequenceBuilder  # noqa: E402
 
@@ -42,10 +43,6 @@ STORED_SQL = """
     SELECT 'zero' AS kind, sample_id, loss FROM zero_shot_loss WHERE status = 'ok'
     UNION ALL SELECT 'one', sample_id, loss FROM one_shot_loss WHERE status = 'ok'
 """
-
-
-def turns(messages: list[dict]) -> tuple[tuple[str, str], ...]:
-    return tuple((m["role"], m["content"]) for m in messages)
 
 
 def matmul_peak_gflops() -> float:
@@ -89,9 +86,9 @@ def main() -> None:
         builder = SequenceBuilder(load_tokenizer(spec), "chat", 4096)
         sequences = {}
         for pair in cat.sql(PAIRS_SQL).to_pylist():
-            sequences[("zero", pair["sample_id"])] = builder.zero_shot(turns(pair["messages"]))
+            sequences[("zero", pair["sample_id"])] = builder.zero_shot(messages_of(pair["messages"]))
             sequences[("one", pair["sample_id"])] = builder.one_shot(
-                turns(pair["messages"]), turns(pair["neighbour_messages"])
+                messages_of(pair["messages"]), messages_of(pair["neighbour_messages"])
             )
         sequences = {k: s for k, s in sequences.items() if isinstance(s, Sequence)}
         results["sequences"] = len(sequences)

@@ -23,6 +23,7 @@ import pyarrow as pa
 from catalog import db
 from catalog.choices import EXPORT_FORMATS, EXPORT_TARGETS
 from catalog.errors import ArgumentError, UserError
+from catalog.score import messages_of
 from catalog.store import Catalog
 
 SCORE_FIELDS = ("miwv", "zero_shot_loss", "one_shot_loss", "neighbour_similarity")
@@ -330,7 +331,7 @@ def _write_llamafactory(rows: list[dict], target: Target, path: Path, shape: str
 
 
 def _llamafactory_record(row: dict, shape: str, with_scores: bool) -> dict:
-    messages = [(m["role"], m["content"]) for m in row["messages"]]
+    messages = messages_of(row["messages"])
     if shape == "messages":
         record = {"messages": [{"role": role, "content": content} for role, content in messages]}
     else:

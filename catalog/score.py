@@ -13,7 +13,7 @@ from catalog.datasets import require_dataset
 from catalog.errors import UserError
 from catalog.store import Catalog
 
-Messages = tuple[tuple[str, str], ...]
+Messages = tuple[tuple[str, str], ...]  # (role, content); optional system, user/assistant turns, ends with assistant
 AlpacaFields = tuple[str, str]  # (instruction, input) of an Alpaca record; its user turn was joined from them
 
 
@@ -231,9 +231,9 @@ def pending_rows(catalog: Catalog, scorer_id: int, embedder_id: int, ids: np.nda
     return [
         PendingSample(
             row["sample_id"],
-            _messages(row["messages"]),
+            messages_of(row["messages"]),
             row["neighbour_id"],
-            _messages(row["neighbour_messages"]) if row["neighbour_messages"] else None,
+            messages_of(row["neighbour_messages"]) if row["neighbour_messages"] else None,
             row["need_zero"],
             row["need_one"],
             _fields(row["instruction"], row["input"]),
@@ -243,8 +243,9 @@ def pending_rows(catalog: Catalog, scorer_id: int, embedder_id: int, ids: np.nda
     ]
 
 
-def _messages(rows: list[dict]) -> Messages:
-    return tuple((m["role"], m["content"]) for m in rows)
+def messages_of(stored: list[dict]) -> Messages:
+    """A sample's messages as stored ([{"role", "content"}, ...]) -> Messages."""
+    return tuple((m["role"], m["content"]) for m in stored)
 
 
 def _fields(instruction: str | None, input: str | None) -> AlpacaFields | None:

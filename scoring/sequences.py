@@ -13,10 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from catalog.score import AlpacaFields
+from catalog.score import AlpacaFields, Messages
 from scoring.templates import Template, Turn, render, template_for
-
-Messages = tuple[tuple[str, str], ...]  # (role, content); optional system, user/assistant turns, ends with assistant
 
 
 @dataclass(frozen=True)

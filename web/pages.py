@@ -11,6 +11,7 @@ from starlette.responses import RedirectResponse, Response
 
 from catalog import Catalog, UserError
 from catalog import explore as ex
+from catalog.score import messages_of
 from web import charts, tokens
 from web.render import download, model_url, page, wants_download
 
@@ -206,7 +207,6 @@ def _samples_url(key: ex.ScoreKey) -> str:
 
 def _inputs(row: dict, score: dict, example: dict | None) -> tokens.Inputs | str:
     """The sample's two passes for the scorer of `score`, or why they cannot be shown."""
-    messages = tuple((m["role"], m["content"]) for m in row["messages"])
     neighbour = example["neighbour_messages"] if example and example["neighbour_messages"] else None
     try:
         return tokens.model_inputs(
@@ -218,8 +218,8 @@ def _inputs(row: dict, score: dict, example: dict | None) -> tokens.Inputs | str
                 score["template_hash"],
             ),
             score["max_length"],
-            messages,
-            tuple((m["role"], m["content"]) for m in neighbour) if neighbour else None,
+            messages_of(row["messages"]),
+            messages_of(neighbour) if neighbour else None,
             tokens.alpaca_fields(row["instruction"], row["input"]),
             tokens.alpaca_fields(example["neighbour_instruction"], example["neighbour_input"]) if neighbour else None,
         )

@@ -11,12 +11,11 @@ import threading
 from dataclasses import dataclass
 from functools import lru_cache
 
+from catalog.score import AlpacaFields, Messages
 from scoring.models import load_tokenizer, resolve_model
 from scoring.sequences import SequenceBuilder, Unscorable
 from scoring.templates import TEMPLATE_REVISION
 
-Messages = tuple[tuple[str, str], ...]
-AlpacaFields = tuple[str, str]
 MAX_SHOWN_TOKENS = 2000  # response tokens shown one by one; the rest as one piece
 
 
