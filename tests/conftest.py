@@ -89,7 +89,7 @@ def _catalogs_built() -> dict[Callable, Path]:
 def catalog_built_by(catalog_dir: Path, tmp_path_factory, _catalogs_built) -> Callable[[Callable[[CliRun], Any]], None]:
     """`catalog_built_by(build)` gives this test its own copy of the catalog that `build(cli_run)` makes.
 
-    Each builder (a module-level function: the real CLI on real rows, its files beside the catalog)
+    Each builder (a module-level function: the real CLI or API on real rows, its files beside the catalog)
     runs once per session; copying the finished files is what keeps the fast tier fast.
     """
 

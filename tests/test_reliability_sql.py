@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -161,9 +162,10 @@ except KeyboardInterrupt:
 
 
 def on_a_catalog_connection(body: str, catalog_dir: Path, mode: str) -> subprocess.Popen:
-    """A Python process running `body` (indented 8) on a `mode` connection, with SIGINT at its default."""
+    """A Python process running `body` on a `mode` connection (`conn`), with SIGINT at its default."""
+    script = ON_A_CATALOG_CONNECTION.replace("BODY", textwrap.indent(textwrap.dedent(body).strip(), " " * 8))
     return subprocess.Popen(
-        [sys.executable, "-c", ON_A_CATALOG_CONNECTION.replace("BODY", body), str(catalog_dir), mode],
+        [sys.executable, "-c", script, str(catalog_dir), mode],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -177,8 +179,10 @@ def on_a_catalog_connection(body: str, catalog_dir: Path, mode: str) -> subproce
 def test_ctrl_c_during_any_catalog_statement_is_an_interrupt(filled, catalog_dir, mode):
     """DuckDB answers a SIGINT it sees mid-statement with a RuntimeError; every catalog connection
     (a score job's commit, a report's query) turns it back into Ctrl-C, so the CLI says "Interrupted"."""
-    body = f"""        print("running", flush=True)
-        db.execute(conn, "{SLOW}")"""
+    body = f"""
+        print("running", flush=True)
+        db.execute(conn, "{SLOW}")
+    """
     process = on_a_catalog_connection(body, catalog_dir, mode)
     try:
         assert process.stdout.readline().strip() == "running"
@@ -192,11 +196,13 @@ def test_ctrl_c_during_any_catalog_statement_is_an_interrupt(filled, catalog_dir
 
 # Ctrl-C while a connection is open, then a failing statement: in CI, the watcher's interrupt came
 # late and stopped the transaction's rollback, which sqlalchemy raised as a DatabaseError.
-CTRL_C_THEN_AN_ERROR = """        try:
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(30)
-        except KeyboardInterrupt:
-            db.execute(conn, "SELECT * FROM no_such_table")"""
+CTRL_C_THEN_AN_ERROR = """
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(30)
+except KeyboardInterrupt:
+    db.execute(conn, "SELECT * FROM no_such_table")
+"""
 
 
 @pytest.mark.slow
