@@ -6,6 +6,7 @@ import csv
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,9 +176,25 @@ def test_file_level_problems_are_one_clear_error(tmp_path, catalog_dir, cli_run)
     assert not (catalog_dir / "catalog.duckdb").exists() or table_counts(catalog_dir)["sample"] == 0
 
 
+def _started_until(command: list[str], env: dict, until) -> tuple[subprocess.Popen, float]:
+    """Start `command` and poll (every millisecond) until `until(seconds since start)` holds, the process
+    still running; returns the process and those seconds."""
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not until(time.monotonic() - started):
+        assert process.poll() is None, "ingest finished before it could be killed"
+        time.sleep(0.001)
+    return process, time.monotonic() - started
+
+
 @pytest.mark.slow  # a 50k-row ingest in a subprocess, killed, then rerun
 def test_a_killed_ingest_leaves_nothing_and_a_rerun_completes(tmp_path, catalog_dir):
-    """Kill `cli.py ingest` part-way through a large real file; the catalog must be as before."""
+    """Kill `cli.py ingest` part-way through a large real file; the catalog must be as before.
+
+    The kill points come from the catalog's files, not from guessed times: its write begins when
+    DuckDB creates `catalog.duckdb.wal` (about 1.5 s before the commit here), and the read of the
+    file is killed halfway to that moment as a timing run on a copy of the same catalog measured it.
+    """
     base = [
         json.loads(line)
         for path in sorted(SHARED_DATA.glob("*.jsonl"))
@@ -195,15 +212,17 @@ def test_a_killed_ingest_leaves_nothing_and_a_rerun_completes(tmp_path, catalog_
         capture_output=True,
     )
     seed = table_counts(catalog_dir)
-    started = time.monotonic()
-    full = subprocess.run(command, env={**env, "MIWV_CATALOG": str(tmp_path / "timing")}, capture_output=True)
-    assert full.returncode == 0
-    duration = time.monotonic() - started
+    wal = catalog_dir / "catalog.duckdb.wal"
+    assert not wal.exists()
+    timing = shutil.copytree(catalog_dir, tmp_path / "timing")
+    process, until_write = _started_until(
+        command, {**env, "MIWV_CATALOG": str(timing)}, lambda _: (timing / "catalog.duckdb.wal").exists()
+    )
+    assert process.wait() == 0
 
-    for fraction in (0.35, 0.8):  # once while reading, once while writing
-        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(duration * fraction)
-        assert process.poll() is None, "ingest finished before it could be killed"
+    reading, writing = (lambda seconds: seconds >= until_write / 2), (lambda _: wal.exists())
+    for until in (reading, writing):
+        process, _ = _started_until(command, env, until)
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert table_counts(catalog_dir) == seed

@@ -138,8 +138,11 @@ def test_ctrl_c_stops_a_slow_query_at_once(filled, catalog_dir):
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, even under a runner
     )
     try:
-        time.sleep(4)  # imports, then the query runs
-        assert query.poll() is None
+        db_file = os.path.realpath(catalog_dir / "catalog.duckdb")
+        while not any(os.path.realpath(fd.path) == db_file for fd in os.scandir(f"/proc/{query.pid}/fd")):
+            time.sleep(0.01)  # imports, then the catalog opens
+            assert query.poll() is None, "sql ended before it opened the catalog"
+        time.sleep(1)  # the query runs
         os.kill(query.pid, signal.SIGINT)
         sent = time.monotonic()
         _, err = query.communicate(timeout=30)
