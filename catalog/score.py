@@ -236,8 +236,8 @@ def pending_rows(catalog: Catalog, scorer_id: int, embedder_id: int, ids: np.nda
             messages_of(row["neighbour_messages"]) if row["neighbour_messages"] else None,
             row["need_zero"],
             row["need_one"],
-            _fields(row["instruction"], row["input"]),
-            _fields(row["neighbour_instruction"], row["neighbour_input"]),
+            alpaca_fields_of(row["instruction"], row["input"]),
+            alpaca_fields_of(row["neighbour_instruction"], row["neighbour_input"]),
         )
         for row in table.to_pylist()
     ]
@@ -248,7 +248,8 @@ def messages_of(stored: list[dict]) -> Messages:
     return tuple((m["role"], m["content"]) for m in stored)
 
 
-def _fields(instruction: str | None, input: str | None) -> AlpacaFields | None:
+def alpaca_fields_of(instruction: str | None, input: str | None) -> AlpacaFields | None:
+    """(instruction, input) of an Alpaca-shaped sample, as the scorer is given them; None for chats."""
     return None if instruction is None else (instruction, input or "")
 
 

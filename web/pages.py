@@ -11,7 +11,7 @@ from starlette.responses import RedirectResponse, Response
 
 from catalog import Catalog, UserError
 from catalog import explore as ex
-from catalog.score import messages_of
+from catalog.score import alpaca_fields_of, messages_of
 from web import charts, tokens
 from web.render import download, model_url, page, wants_download
 
@@ -220,8 +220,8 @@ def _inputs(row: dict, score: dict, example: dict | None) -> tokens.Inputs | str
             score["max_length"],
             messages_of(row["messages"]),
             messages_of(neighbour) if neighbour else None,
-            tokens.alpaca_fields(row["instruction"], row["input"]),
-            tokens.alpaca_fields(example["neighbour_instruction"], example["neighbour_input"]) if neighbour else None,
+            alpaca_fields_of(row["instruction"], row["input"]),
+            alpaca_fields_of(example["neighbour_instruction"], example["neighbour_input"]) if neighbour else None,
         )
     except UserError as error:
         return f"cannot rebuild the inputs: {error}"

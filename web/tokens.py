@@ -49,11 +49,6 @@ class ScorerKey:
     template_hash: str | None = None
 
 
-def alpaca_fields(instruction: str | None, input: str | None) -> AlpacaFields | None:
-    """(instruction, input) of an Alpaca-shaped sample, as the scorer is given them; None for chats."""
-    return None if instruction is None else (instruction, input or "")
-
-
 _lock = threading.Lock()
 
 
