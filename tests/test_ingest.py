@@ -192,7 +192,7 @@ def test_a_killed_ingest_leaves_nothing_and_a_rerun_completes(tmp_path, catalog_
     """Kill `cli.py ingest` part-way through a large real file; the catalog must be as before.
 
     The kill points come from the catalog's files, not from guessed times: its write begins when
-    DuckDB creates `catalog.duckdb.wal` (about 1.5 s before the commit here), and the read of the
+    DuckDB creates `catalog.duckdb.wal` (about 1.7 s before the commit here), and the read of the
     file is killed halfway to that moment as a timing run on a copy of the same catalog measured it.
     """
     base = [
