@@ -7,6 +7,7 @@ rows. A crash, Ctrl-C or a failed write (disk full) leaves the catalog as it was
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,8 +17,9 @@ import pyarrow as pa
 
 from catalog import db
 from catalog.choices import COLUMN_TARGETS
-from catalog.errors import InvalidInput
-from catalog.readers import Row, RowSource, read_file, record_json
+from catalog.datasets import dataset_name
+from catalog.errors import ArgumentError, InvalidInput
+from catalog.readers import Row, RowSource, name_text, read_file, record_json
 from catalog.records import (
     SHAPES,
     RecordError,
@@ -68,16 +70,17 @@ def ingest_file(
         path: a .jsonl, .json, .parquet or .csv file (text formats may be gzipped); a folder (a
             `datasets` save_to_disk folder, or Parquet shards at any depth); or hf:NAME (`datasets.load_dataset`).
         dataset: the dataset the rows belong to (default: the file name up to its first dot, the
-            folder's name, or NAME's last part).
+            folder's name, or NAME's last part; bytes of it that are not UTF-8 written as \\xNN).
         shape: "alpaca", "sharegpt" or "openai"; detected from the first record that shows one when None.
         skip_invalid: ingest the valid rows and record the invalid ones, instead of refusing the source.
         columns: {target: source field} renames applied before anything else (see COLUMN_TARGETS).
         split: the split of a DatasetDict, an hf: dataset or a folder of shards.
     """
-    source = _open(str(path), split)
-    if dataset is None:
-        dataset = Path(str(path).removeprefix("hf:").rstrip("/")).name.split(".")[0]
-    return _ingest(catalog, source, dataset, shape, skip_invalid, columns)
+    path = os.fspath(path)
+    if dataset is not None:
+        dataset_name(dataset)  # before reading what may be a large source
+    source = _open(path, split)
+    return _ingest(catalog, source, dataset or _default_dataset(path), shape, skip_invalid, columns)
 
 
 def ingest_rows(
@@ -94,7 +97,15 @@ def ingest_rows(
     names them in messages and in ingest_batch.path."""
     from catalog.memory_rows import memory_rows
 
-    return _ingest(catalog, memory_rows(rows, source), dataset, shape, skip_invalid, columns)
+    return _ingest(catalog, memory_rows(rows, source), dataset_name(dataset), shape, skip_invalid, columns)
+
+
+def _default_dataset(path: str) -> str:
+    """The file name up to its first dot, the folder's name or NAME's last part, as `name_text` writes it."""
+    name = name_text(Path(path.removeprefix("hf:").rstrip("/")).name.split(".")[0])
+    if not name.strip():
+        raise ArgumentError("pass {0}: the source's name gives none to default to", "dataset", detail=name_text(path))
+    return name
 
 
 def _open(path: str, split: str | None) -> RowSource:
@@ -107,7 +118,7 @@ def _open(path: str, split: str | None) -> RowSource:
 
         return read_folder(Path(path), split)
     if split is not None:
-        raise InvalidInput(f"{path}: --split applies to folders and hf: datasets, not to a file")
+        raise InvalidInput(f"{name_text(path)}: --split applies to folders and hf: datasets, not to a file")
     return read_file(path)
 
 
@@ -116,8 +127,6 @@ def _ingest(
 ) -> IngestResult:
     started = time.monotonic()
     started_at = db.utcnow()
-    if not dataset.strip():
-        raise InvalidInput("--dataset must not be empty")
     if not source.rows:
         raise InvalidInput(f"{source.label}: the source holds no records")
     rows = _renamed(source, columns or {})

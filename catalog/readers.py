@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,6 +60,14 @@ class RowSource:
         return row.place or f"{self.unit} {row.number}"
 
 
+def name_text(name: str | os.PathLike) -> str:
+    """A file name or an argument as text the catalog and a terminal can hold: each byte not UTF-8 as \\xNN."""
+    try:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to (given from Python)
+        return storable_text(os.fspath(name))
+
+
 def file_format_of(path: Path) -> str:
     """The format a file's name announces (.gz stripped), or InvalidInput."""
     suffixes = [s.lower() for s in path.suffixes]
@@ -68,36 +77,37 @@ def file_format_of(path: Path) -> str:
     names = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
     if suffix not in names:
         raise InvalidInput(
-            f"{path}: unsupported file type {suffix or '(none)'}; "
+            f"{name_text(path)}: unsupported file type {name_text(suffix) or '(none)'}; "
             "use .jsonl, .json, .parquet or .csv (text formats may be .gz), a folder or hf:NAME"
         )
     if names[suffix] == "parquet" and path.suffix.lower() == ".gz":
-        raise InvalidInput(f"{path}: parquet is compressed internally; do not gzip it")
+        raise InvalidInput(f"{name_text(path)}: parquet is compressed internally; do not gzip it")
     return names[suffix]
 
 
 def read_file(path: str | Path) -> RowSource:
     """Read every row of `path`."""
-    path = Path(path)
+    path, label = Path(path), name_text(path)
     if not path.is_file():
-        raise InvalidInput(f"{path}: no such file")
+        raise InvalidInput(f"{label}: no such file")
     file_format = file_format_of(path)
     fingerprint = file_sha256(path)
+    location = name_text(path.resolve())
     if file_format == "parquet":
         rows, columns = parquet_rows(path, start=1)
-        return RowSource(str(path), str(path.resolve()), "parquet", "row", rows, fingerprint, columns)
+        return RowSource(label, location, "parquet", "row", rows, fingerprint, columns)
     data = _read_bytes(path).removeprefix(codecs.BOM_UTF8)
     if file_format == "json" and data.lstrip()[:1] == b"{":
         file_format = "jsonl"  # a .json file of one object per line
     if file_format == "jsonl":
         rows = list(_jsonl_rows(data))
-        return RowSource(str(path), str(path.resolve()), "jsonl", "line", rows, fingerprint)
-    text = _decode_whole(path, data)
+        return RowSource(label, location, "jsonl", "line", rows, fingerprint)
+    text = _decode_whole(label, data)
     if file_format == "json":
-        rows = _json_array_rows(path, text)
-        return RowSource(str(path), str(path.resolve()), "json", "record", rows, fingerprint)
-    header, rows = _csv_rows(path, text)
-    return RowSource(str(path), str(path.resolve()), "csv", "line", rows, fingerprint, header)
+        rows = _json_array_rows(label, text)
+        return RowSource(label, location, "json", "record", rows, fingerprint)
+    header, rows = _csv_rows(label, text)
+    return RowSource(label, location, "csv", "line", rows, fingerprint, header)
 
 
 def file_sha256(path: Path) -> str:
@@ -126,9 +136,10 @@ def parquet_rows(path: Path, start: int, part: str | None = None) -> tuple[list[
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        with open(path, "rb") as handle:  # Arrow cannot open a name that is not UTF-8
+            table = pq.read_table(handle)
     except (pa.ArrowException, OSError) as error:
-        raise InvalidInput(f"{path}: not a readable parquet file ({error})") from None
+        raise InvalidInput(f"{name_text(path)}: not a readable parquet file ({error})") from None
     return arrow_rows(table, start, part), table.column_names
 
 
@@ -139,16 +150,16 @@ def _read_bytes(path: Path) -> bytes:
                 return handle.read()
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as error:
-        raise InvalidInput(f"{path}: cannot read it ({error})") from None
+        raise InvalidInput(f"{name_text(path)}: cannot read it ({error})") from None
 
 
-def _decode_whole(path: Path, data: bytes) -> str:
+def _decode_whole(label: str, data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data[: error.start].count(b"\n") + 1
         raise InvalidInput(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{data[error.start]:02x}); convert the file to UTF-8"
+            f"{label}:{line}: not valid UTF-8 (byte 0x{data[error.start]:02x}); convert the file to UTF-8"
         ) from None
 
 
@@ -178,12 +189,12 @@ def _jsonl_rows(data: bytes) -> Iterator[Row]:
             yield Row(number, error=TOO_DEEP, raw=text[:RAW_LIMIT])
 
 
-def _json_array_rows(path: Path, text: str) -> list[Row]:
+def _json_array_rows(label: str, text: str) -> list[Row]:
     """The elements of a JSON array, one at a time, so one element nested too deeply is a row error."""
     decoder = json.JSONDecoder()
     pos = _skip_space(text, 0)
     if text[pos : pos + 1] != "[":
-        raise InvalidInput(f"{path}: a .json file must hold an array of records (or one JSON object per line)")
+        raise InvalidInput(f"{label}: a .json file must hold an array of records (or one JSON object per line)")
     rows: list[Row] = []
     pos, line, counted = _skip_space(text, pos + 1), 1, 0
     while text[pos : pos + 1] != "]":
@@ -193,7 +204,7 @@ def _json_array_rows(path: Path, text: str) -> list[Row]:
             record, end = decoder.raw_decode(text, pos)
             rows.append(Row(number, record=record, place=f"record {number} (line {line})"))
         except json.JSONDecodeError as error:
-            raise InvalidInput(f"{path}:{error.lineno}: {_json_problem(error)}") from None
+            raise InvalidInput(f"{label}:{error.lineno}: {_json_problem(error)}") from None
         except RecursionError:
             end = _end_of_value(text, pos)
             raw = text[pos : min(end, pos + RAW_LIMIT)]
@@ -203,9 +214,9 @@ def _json_array_rows(path: Path, text: str) -> list[Row]:
             pos = _skip_space(text, pos + 1)
         elif text[pos : pos + 1] != "]":
             line += text.count("\n", counted, pos)
-            raise InvalidInput(f"{path}:{line}: invalid JSON (expecting ',' or ']' after record {number})")
+            raise InvalidInput(f"{label}:{line}: invalid JSON (expecting ',' or ']' after record {number})")
     if _skip_space(text, pos + 1) != len(text):
-        raise InvalidInput(f"{path}: invalid JSON (extra data after the array)")
+        raise InvalidInput(f"{label}: invalid JSON (extra data after the array)")
     return rows
 
 
@@ -233,7 +244,7 @@ def _end_of_value(text: str, pos: int) -> int:
     return len(text)
 
 
-def _csv_rows(path: Path, text: str) -> tuple[list[str], list[Row]]:
+def _csv_rows(label: str, text: str) -> tuple[list[str], list[Row]]:
     """The header and rows of a CSV file, each row numbered by the file line it starts on.
 
     A quoted cell may span lines, so a record's line is where the previous one ended, plus one.
@@ -257,5 +268,5 @@ def _csv_rows(path: Path, text: str) -> tuple[list[str], list[Row]]:
                 continue
             rows.append(Row(number, record={key: value or None for key, value in zip(header, cells, strict=False)}))
     except csv.Error as error:
-        raise InvalidInput(f"{path}:{reader.line_num}: not readable as CSV ({error})") from None
+        raise InvalidInput(f"{label}:{reader.line_num}: not readable as CSV ({error})") from None
     return header, rows
