@@ -1,14 +1,20 @@
 """Writing a selection out for trainers: JSONL, Parquet or a Hugging Face `datasets` folder.
 
 Rows come back as the user had them (Alpaca fields or messages, plus every extra field),
-optionally with the scores. Writing goes to a staging path beside the target and is renamed
-into place, so a crash never leaves a half-written file at --out; an existing folder is
-replaced only when this tool wrote it, and never anything inside the catalog.
+optionally with the scores. A user turn that the trainer builds from text we write (a messages
+list, a LLaMA-Factory row) is written as the selection's scorer rendered it, so the trainer
+trains on the prompt that was scored; where a shape cannot express that prompt, the export
+says so (`Exported.note`). JSON output is strict: NaN and infinities are written as null.
+
+Writing goes to a staging path beside the target and is renamed into place, so a crash never
+leaves a half-written file at --out; an existing folder is replaced only when this tool wrote
+it, and never anything inside the catalog.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -23,13 +29,15 @@ import pyarrow as pa
 from catalog import db
 from catalog.choices import EXPORT_FORMATS, EXPORT_TARGETS
 from catalog.errors import ArgumentError, UserError
-from catalog.score import messages_of
+from catalog.records import LLAMA_FACTORY_INPUT_SEPARATOR, alpaca_user_text
+from catalog.score import Messages, messages_of
 from catalog.store import Catalog
 
 SCORE_FIELDS = ("miwv", "zero_shot_loss", "one_shot_loss", "neighbour_similarity")
 MARKER = ".miwv-export"  # inside every export folder this tool writes: only such a folder may be replaced
 STAGING_PREFIX = ".miwv-staging-"
 _STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + r"(\d+)-[a-z0-9_]{8}-.+")
+DATA_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".gz", ".arrow")  # not a folder target's name
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class Exported:
     file_format: str
     shape: str
     rows: int
+    note: str | None = None  # where the trainer's prompt cannot be the scored one, why and what to use
 
 
 def format_of(out: Path, requested: str | None) -> str:
@@ -70,19 +79,26 @@ def check_target(catalog: Catalog, out: str | Path, file_format: str | None = No
     file_format = format_of(out, file_format)
     if file_format not in EXPORT_FORMATS + EXPORT_TARGETS:
         raise UserError(f"unknown format {file_format!r}; use one of {', '.join(EXPORT_FORMATS + EXPORT_TARGETS)}")
-    if file_format in EXPORT_TARGETS and out.suffix:
+    if file_format in EXPORT_TARGETS and (out.suffix.lower() in DATA_FILE_SUFFIXES or out.is_file()):
         raise ArgumentError(f"a {file_format} dataset is a folder: give {{0}} a folder name, not a file", "out")
-    resolved, catalog_dir = out.resolve(), catalog.path.resolve()
-    if resolved == catalog_dir or catalog_dir in resolved.parents:
-        raise UserError(f"--out {out} is inside the catalog {catalog.path}; write the export somewhere else")
-    if out.is_dir() and not (out / MARKER).is_file():
-        raise UserError(
-            f"--out {out} is an existing folder this tool did not write; it is left untouched: "
-            "choose a new name (nothing was selected or recorded)"
-        )
+    check_ours(catalog, out, "nothing was selected or recorded")
     if out.exists() and not out.is_dir() and not out.is_file():
         raise UserError(f"--out {out} is not a regular file; choose another name")
     return Target(out, file_format)
+
+
+def check_ours(catalog: Catalog, out: Path, undone: str) -> None:
+    """Refuse an `out` inside the catalog, or an existing folder this tool did not write (one
+    without MARKER): `select --out` and `report --out` write only there. `undone`: what the
+    refusal left undone, for its message."""
+    resolved, catalog_dir = out.resolve(), catalog.path.resolve()
+    if resolved == catalog_dir or catalog_dir in resolved.parents:
+        raise UserError(f"--out {out} is inside the catalog {catalog.path}; choose a path outside it ({undone})")
+    if out.is_dir() and not (out / MARKER).is_file():
+        raise UserError(
+            f"--out {out} is an existing folder this tool did not write; it is left untouched: "
+            f"choose a new name ({undone})"
+        )
 
 
 def export_samples(
@@ -115,19 +131,18 @@ def write_samples(
 
     Args:
         shape: "alpaca" (instruction, input, output) or "messages"; default alpaca when every
-            sample has Alpaca fields.
+            sample is one Alpaca exchange.
         with_scores: add miwv, zero_shot_loss, one_shot_loss and neighbour_similarity (from the
             scores of `scorer_id` with `embedder_id`'s neighbours).
 
     A `llamafactory` target is a folder LLaMA-Factory trains from directly (see _write_llamafactory).
     """
-    rows = _rows(catalog, sample_ids, scorer_id, embedder_id)
+    rows, template = _rows(catalog, sample_ids, scorer_id, embedder_id)
     if target.file_format == "llamafactory":
-        return _write_llamafactory(rows, target, path, shape, with_scores)
-    shape, records = _shaped_records(rows, shape, with_scores)
+        return _write_llamafactory(rows, template, target, path, shape, with_scores)
+    shape, records = _shaped_records(rows, template, shape, with_scores)
     if target.file_format == "jsonl":
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        _write_jsonl(path, records)
     else:
         table = _table(records)
         if target.file_format == "parquet":
@@ -141,13 +156,33 @@ def write_samples(
             datasets.disable_progress_bars()
             datasets.Dataset(InMemoryTable(table)).save_to_disk(str(path))
             (path / MARKER).write_text("written by miwv-catalog `select --out`; it may replace this folder\n")
-    return Exported(target.path, target.file_format, shape, len(records))
+    return Exported(target.path, target.file_format, shape, len(records), _note(rows, template, shape))
 
 
-def _rows(catalog: Catalog, sample_ids: list[int], scorer_id: int | None, embedder_id: int | None) -> list[dict]:
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(_finite(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records)
+
+
+def _finite(value):
+    """`value` with every NaN and infinity (JSON has none; strict parsers reject them) as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _rows(
+    catalog: Catalog, sample_ids: list[int], scorer_id: int | None, embedder_id: int | None
+) -> tuple[list[dict], str | None]:
+    """The samples in rank order, and the name of the template their scorer rendered them with."""
     order = pa.table({"sample_id": pa.array(sample_ids, pa.int64()), "rank": pa.array(range(len(sample_ids)))})
     with catalog.read() as conn, db.registered(conn, "wanted", order):
-        return db.records(
+        scorer = db.execute(conn, "SELECT template FROM scorer WHERE scorer_id = $id", {"id": scorer_id})
+        rows = db.records(
             conn,
             """
             SELECT s.instruction, s.input, s.output, s.messages, s.extra,
@@ -159,13 +194,58 @@ def _rows(catalog: Catalog, sample_ids: list[int], scorer_id: int | None, embedd
             ORDER BY w.rank""",
             {"scorer": scorer_id, "embedder": embedder_id},
         )
+    for row in rows:
+        row["messages"] = messages_of(row["messages"])
+    return rows, scorer[0][0] if scorer else None
 
 
-def _record(row: dict, shape: str, with_scores: bool) -> dict:
+def scored_messages(row: dict, template: str | None) -> Messages:
+    """The sample's messages with its last user turn as `template` rendered it: LLaMA-Factory's
+    alpaca template (alpaca-lf) joins an Alpaca record's instruction and input with one newline,
+    where the stored turn (which chat templates render) has a blank line."""
+    messages = row["messages"]
+    if template != "alpaca-lf" or row["instruction"] is None or not row["input"]:
+        return messages
+    user = alpaca_user_text(row["instruction"], row["input"], LLAMA_FACTORY_INPUT_SEPARATOR)
+    return messages[:-2] + (("user", user), messages[-1])
+
+
+def _lone_exchange(row: dict) -> bool:
+    """One Alpaca exchange: Alpaca fields, no system message, no earlier turns."""
+    return row["instruction"] is not None and len(row["messages"]) == 2
+
+
+def _chat_template(template: str | None) -> bool:
+    return template is not None and template not in ("alpaca", "alpaca-lf")
+
+
+def _note(rows: list[dict], template: str | None, shape: str, trainer: str | None = None) -> str | None:
+    """Why the trainer cannot build the scored prompt from this export, and what to use; None when it can."""
+    if template == "alpaca" and trainer == "llamafactory":
+        return (
+            "scored with Stanford Alpaca's prompt (--template alpaca), which LLaMA-Factory has no template for: "
+            "its alpaca template trains a different prompt (score with --template alpaca-lf to train with it)"
+        )
+    if template == "alpaca" and shape == "messages":
+        return (
+            "scored with Stanford Alpaca's prompt (--template alpaca), which a messages list cannot express: "
+            "write --shape alpaca and train with Stanford Alpaca's train.py"
+        )
+    with_input = sum(1 for row in rows if row["instruction"] is not None and row["input"])
+    if _chat_template(template) and shape == "alpaca" and trainer is None and with_input:
+        return (
+            f"{with_input} samples have an input: the scorer's chat template saw instruction and input joined by a "
+            "blank line, and a trainer of Alpaca fields joins them its own way (LLaMA-Factory: one newline); "
+            "--shape messages (or --for llamafactory) writes the user turns as scored"
+        )
+    return None
+
+
+def _record(row: dict, template: str | None, shape: str, with_scores: bool) -> dict:
     if shape == "alpaca":
         record = {"instruction": row["instruction"], "input": row["input"], "output": row["output"]}
     else:
-        record = {"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]}
+        record = {"messages": [{"role": role, "content": content} for role, content in scored_messages(row, template)]}
     record.update(json.loads(row["extra"]) if row["extra"] else {})
     if with_scores:
         record.update({field: row[field] for field in SCORE_FIELDS})
@@ -264,18 +344,23 @@ def export_table(
     embedder_id: int | None = None,
 ) -> pa.Table:
     """The records `export_samples` writes, in memory, as one Arrow table (same arguments)."""
-    return _table(_shaped_records(_rows(catalog, sample_ids, scorer_id, embedder_id), shape, with_scores)[1])
+    rows, template = _rows(catalog, sample_ids, scorer_id, embedder_id)
+    return _table(_shaped_records(rows, template, shape, with_scores)[1])
 
 
-def _shaped_records(rows: list[dict], shape: str | None, with_scores: bool) -> tuple[str, list[dict]]:
-    """(shape, records): alpaca by default when every row has Alpaca fields, else messages."""
-    alpaca_ready = all(r["instruction"] is not None for r in rows)
+def _shaped_records(
+    rows: list[dict], template: str | None, shape: str | None, with_scores: bool
+) -> tuple[str, list[dict]]:
+    """(shape, records): alpaca by default when every row is one Alpaca exchange, else messages."""
+    alpaca_ready = all(_lone_exchange(r) for r in rows)
     shape = shape or ("alpaca" if alpaca_ready else "messages")
     if shape == "alpaca" and not alpaca_ready:
         raise ArgumentError(
-            "some selected samples are conversations without Alpaca fields; use {0} 'messages'", "shape"
+            "some selected samples are conversations (a system message or earlier turns), which Alpaca fields "
+            "would drop; use {0} 'messages' (or --for llamafactory, whose rows keep system and history)",
+            "shape",
         )
-    return shape, [_record(r, shape, with_scores) for r in rows]
+    return shape, [_record(r, template, shape, with_scores) for r in rows]
 
 
 # LLaMA-Factory's dataset description (its data/README.md) for each shape we write:
@@ -300,11 +385,15 @@ LLAMAFACTORY_TAGS = {
 }
 
 
-def _write_llamafactory(rows: list[dict], target: Target, path: Path, shape: str | None, with_scores: bool) -> Exported:
+def _write_llamafactory(
+    rows: list[dict], template: str | None, target: Target, path: Path, shape: str | None, with_scores: bool
+) -> Exported:
     """A LLaMA-Factory dataset folder: `<name>.jsonl` and its `dataset_info.json` entry `<name>`,
     where `<name>` is the folder's name. Train with `dataset_dir: <folder>` and `dataset: <name>`.
 
     Args:
+        template: the scorer's template: each row is written so that LLaMA-Factory builds the
+            user turn the scorer saw (see _llamafactory_record).
         shape: "alpaca" (the default; multi-turn samples keep their earlier turns in `history`
             and their system message in `system`) or "messages" (LLaMA-Factory's sharegpt
             formatting, OpenAI role/content tags, a system message first when there is one).
@@ -319,26 +408,27 @@ def _write_llamafactory(rows: list[dict], target: Target, path: Path, shape: str
     if shape == "messages":
         entry.update(formatting="sharegpt", tags=LLAMAFACTORY_TAGS)
     path.mkdir()
-    with open(path / entry["file_name"], "w", encoding="utf-8") as handle:
-        handle.writelines(
-            json.dumps(_llamafactory_record(r, shape, with_scores), ensure_ascii=False) + "\n" for r in rows
-        )
+    _write_jsonl(path / entry["file_name"], [_llamafactory_record(r, template, shape, with_scores) for r in rows])
     (path / "dataset_info.json").write_text(
         json.dumps({name: entry}, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
     )
     (path / MARKER).write_text("written by miwv-catalog `select --out`; it may replace this folder\n")
-    return Exported(target.path, "llamafactory", shape, len(rows))
+    return Exported(target.path, "llamafactory", shape, len(rows), _note(rows, template, shape, "llamafactory"))
 
 
-def _llamafactory_record(row: dict, shape: str, with_scores: bool) -> dict:
-    messages = messages_of(row["messages"])
+def _llamafactory_record(row: dict, template: str | None, shape: str, with_scores: bool) -> dict:
+    """One row LLaMA-Factory trains on the scored prompt. The messages shape holds the user turn
+    as scored. The alpaca shape keeps instruction and input apart, which LLaMA-Factory joins with
+    one newline (as alpaca-lf scored them), except after a chat template, which saw them joined by
+    a blank line: then `instruction` holds that whole turn and `input` is empty."""
+    messages = scored_messages(row, template)
     if shape == "messages":
         record = {"messages": [{"role": role, "content": content} for role, content in messages]}
     else:
         system = messages[0][1] if messages[0][0] == "system" else ""
         turns = [content for role, content in messages if role != "system"]  # user, assistant, user, ...
         history = [[turns[i], turns[i + 1]] for i in range(0, len(turns) - 2, 2)]
-        if row["instruction"] is not None:
+        if row["instruction"] is not None and not _chat_template(template):
             prompt, query = row["instruction"], row["input"]
         else:
             prompt, query = turns[-2], ""

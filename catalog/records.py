@@ -1,10 +1,11 @@
 """Record shapes (Alpaca, ShareGPT, OpenAI messages) normalised to one Sample.
 
 Every sample is stored as a list of messages (optional system, then user/assistant turns
-ending with an assistant turn) plus the Alpaca fields where the record is exactly one Alpaca
-exchange. Its id is a content hash of the messages, so the same conversation is one sample
-whatever file or shape it came from. The LLaMA-Factory flavours are read too: Alpaca with
-`system` and `history` ([instruction, response] pairs), ShareGPT with a top-level `system`.
+ending with an assistant turn) plus, for a record in Alpaca shape, the Alpaca fields of its
+last exchange (instruction and input apart, as each trainer joins them its own way). Its id is
+a content hash of the messages, so the same conversation is one sample whatever file or shape
+it came from. The LLaMA-Factory flavours are read too: Alpaca with `system` and `history`
+([instruction, response] pairs), ShareGPT with a top-level `system`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class Sample:
     """One normalised training sample."""
 
     messages: tuple[tuple[str, str], ...]  # (role, content), roles: system?, user, assistant, ...
+    # The Alpaca fields of the last exchange (an Alpaca-shaped record's), else None:
     instruction: str | None = None
     input: str | None = None
     output: str | None = None
@@ -63,9 +65,13 @@ class Sample:
         return sum(role == "assistant" for role, _ in self.messages)
 
 
-def alpaca_user_text(instruction: str, input: str) -> str:
-    """Instruction + blank line + input, or the instruction alone when input is empty."""
-    return f"{instruction}\n\n{input}" if input else instruction
+STORED_INPUT_SEPARATOR = "\n\n"  # instruction, blank line, input: the stored (and embedded) user turn
+LLAMA_FACTORY_INPUT_SEPARATOR = "\n"  # LLaMA-Factory's alpaca converter: instruction + "\n" + input
+
+
+def alpaca_user_text(instruction: str, input: str, separator: str = STORED_INPUT_SEPARATOR) -> str:
+    """Instruction + `separator` + input, or the instruction alone when input is empty."""
+    return f"{instruction}{separator}{input}" if input else instruction
 
 
 def detect_shape(record: Any) -> str | None:
@@ -132,8 +138,9 @@ def _normalised(record: dict, shape: str) -> Sample:
 def _from_alpaca(record: dict) -> Sample:
     """One Alpaca exchange, or (LLaMA-Factory) a conversation: system, history turns, this exchange.
 
-    The Alpaca fields are kept only for a lone exchange: for a conversation they would hold
-    part of the sample, and an export from them would silently drop the rest.
+    The user turn is stored as instruction + blank line + input; the fields are kept apart too
+    (for a conversation as well), so a template renders them as its trainer does: LLaMA-Factory
+    trains instruction + "\n" + input, with or without a system prompt and history.
     """
     instruction = _require(record, "instruction", str)
     output = _require(record, "output", str)
@@ -149,20 +156,19 @@ def _from_alpaca(record: dict) -> Sample:
     system, history = _system(record), _history(record)
     exchange = (("user", alpaca_user_text(instruction, input)), ("assistant", output))
     extra = _rest(record, {"instruction", "input", "output", "system", "history"})
-    if not system and not history:
-        return Sample(messages=exchange, instruction=instruction, input=input, output=output, extra=extra)
     messages = [("system", system)] * bool(system) + history + list(exchange)
-    return Sample(messages=_checked(messages), extra=extra)
+    return Sample(messages=_checked(messages), instruction=instruction, input=input, output=output, extra=extra)
 
 
 def _system(record: dict) -> str:
-    """The record's top-level system prompt ("" when absent or empty)."""
+    """The record's top-level system prompt ("" when absent or empty). A whitespace-only one is
+    content: LLaMA-Factory trains " " as the system text, in place of its default header."""
     system = record.get("system")
     if system is None:
         return ""
     if not isinstance(system, str):
         raise RecordError(f"field 'system' must be a string, got {type(system).__name__}")
-    return system if system.strip() else ""
+    return system
 
 
 def _history(record: dict) -> list[tuple[str, str]]:

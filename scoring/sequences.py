@@ -44,8 +44,8 @@ class SequenceBuilder:
         template: a Template, or its name ("chat", "alpaca", "alpaca-lf", a .jinja file).
         max_length: the longest sequence (prompt + response) the model is given.
 
-    `fields` / `example_fields`: (instruction, input) of an Alpaca record, which the Alpaca
-    templates print separately; None for chat records.
+    `fields` / `example_fields`: (instruction, input) of an Alpaca record's last exchange, which
+    the Alpaca templates print as their trainers do; None for chat records.
     """
 
     def __init__(self, tokenizer, template: Template | str, max_length: int) -> None:
@@ -121,5 +121,7 @@ class SequenceBuilder:
 
 
 def _turns(messages: Messages, fields: AlpacaFields | None) -> list[Turn]:
-    """Messages as turns; an Alpaca record's (single) user turn carries its instruction and input."""
-    return [Turn(role, content, fields if role == "user" else None) for role, content in messages]
+    """Messages (ending with a user turn) as turns; the last user turn carries the Alpaca record's
+    instruction and input (a LLaMA-Factory row's history turns have none)."""
+    last = len(messages) - 1
+    return [Turn(role, content, fields if i == last else None) for i, (role, content) in enumerate(messages)]

@@ -111,7 +111,13 @@ def test_select_records_the_selection_and_its_output(filled, tmp_path):
         "excluded": {},
         "selected": 5,
         "sql": top.sql,
-        "output": {"path": str(tmp_path / "five.jsonl"), "file_format": "jsonl", "shape": "alpaca", "rows": 5},
+        "output": {
+            "path": str(tmp_path / "five.jsonl"),
+            "file_format": "jsonl",
+            "shape": "alpaca",
+            "rows": 5,
+            "note": None,
+        },
     }
 
 
@@ -250,7 +256,13 @@ def test_llamafactory_alpaca_rows_keep_their_fields_and_the_cli_writes_the_same(
     cli = CliRun(filled.path)
     out = tmp_path / "picked"
     result = cli.json("select", "--strategy", "random", "--top-k", "6", "--out", out, "--for", "llamafactory")
-    assert result["output"] == {"path": str(out), "file_format": "llamafactory", "shape": "alpaca", "rows": 6}
+    assert result["output"] == {
+        "path": str(out),
+        "file_format": "llamafactory",
+        "shape": "alpaca",
+        "rows": 6,
+        "note": None,
+    }
     records = [json.loads(line) for line in (out / "picked.jsonl").read_text().splitlines()]
     originals = {to_sample(r, "alpaca").sample_id: r for r in fixture_records()}
     members = filled.sql(

@@ -67,7 +67,9 @@ def test_alpaca_system_and_history_become_one_multi_turn_sample(tmp_path, catalo
         assert sample["messages"] == expected_messages(record)  # system, history turns, this turn: in order
         assert sample["n_turns"] == 3 and sample["response"] == record["output"]
         assert sample["user_text"] == record["history"][0][0]  # the first user message, as for every conversation
-        assert sample["instruction"] is None and sample["input"] is None and sample["output"] is None
+        # the last exchange's Alpaca fields are kept apart, so each template joins them as its trainer does
+        fields = (sample["instruction"], sample["input"], sample["output"])
+        assert fields == (record["instruction"], record.get("input") or "", record["output"])
         assert json.loads(sample["extra"]) == {"category": record["category"]}  # system/history are content
 
 
