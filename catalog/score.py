@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -36,6 +36,7 @@ class ScorerRow:
     dtype: str
     template_revision: int
     template_hash: str | None  # None for revision 1 (before the hash was recorded)
+    template_text: str | None  # what it rendered with; None before migration 0008
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,19 @@ class WorkerRow:
 
 
 def register_scorer(
-    catalog: Catalog, model: str, source: str, fingerprint: str, template: TemplateKey, max_length: int, dtype: str
+    catalog: Catalog,
+    model: str,
+    source: str,
+    fingerprint: str,
+    template: TemplateKey,
+    max_length: int,
+    dtype: str,
+    template_text: str | None = None,
 ) -> ScorerRow:
-    """The scorer for this model file, template (name, revision, hash), max length and dtype (made on first use)."""
+    """The scorer for this model file, template (name, revision, hash), max length and dtype (made on first use).
+
+    It records the template's text (`template_text`, which hashes to `template.digest`) so the
+    inputs it saw can be rebuilt anywhere; a scorer from before the text was kept gets it now."""
     key = {
         "fingerprint": fingerprint,
         "template": template.name,
@@ -114,20 +125,43 @@ def register_scorer(
     with catalog.write() as conn:
         rows = db.execute(conn, f"SELECT {_SCORER_COLUMNS} FROM scorer WHERE {where}", key)
         if rows:
-            return ScorerRow(*rows[0])
+            return _with_text(conn, ScorerRow(*rows[0]), template_text)
         scorer_id = db.next_id(conn, "scorer", "scorer_id")
         db.execute(
             conn,
             """INSERT INTO scorer (scorer_id, model, source, fingerprint, template, max_length, dtype, created_at,
-                                   template_revision, template_hash)
+                                   template_revision, template_hash, template_text)
             VALUES ($scorer_id, $model, $source, $fingerprint, $template, $max_length, $dtype, $now,
-                    $template_revision, $template_hash)""",
-            {**key, "scorer_id": scorer_id, "model": model, "source": source, "now": db.utcnow()},
+                    $template_revision, $template_hash, $template_text)""",
+            {
+                **key,
+                "scorer_id": scorer_id,
+                "model": model,
+                "source": source,
+                "now": db.utcnow(),
+                "template_text": template_text,
+            },
         )
-    return ScorerRow(scorer_id, model, source, template.name, max_length, dtype, template.revision, template.digest)
+    return ScorerRow(
+        scorer_id, model, source, template.name, max_length, dtype, template.revision, template.digest, template_text
+    )
 
 
-_SCORER_COLUMNS = "scorer_id, model, source, template, max_length, dtype, template_revision, template_hash"
+def _with_text(conn, scorer: ScorerRow, template_text: str | None) -> ScorerRow:
+    """`scorer`, its template text recorded if it had none (registered before migration 0008)."""
+    if scorer.template_text is not None or template_text is None:
+        return scorer
+    db.execute(
+        conn,
+        "UPDATE scorer SET template_text = $text WHERE scorer_id = $scorer_id",
+        {"text": template_text, "scorer_id": scorer.scorer_id},
+    )
+    return replace(scorer, template_text=template_text)
+
+
+_SCORER_COLUMNS = (
+    "scorer_id, model, source, template, max_length, dtype, template_revision, template_hash, template_text"
+)
 
 
 def find_scorer(catalog: Catalog, model: str, scorer_id: int | None = None) -> ScorerRow:

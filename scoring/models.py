@@ -17,10 +17,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from catalog.errors import UserError
 from scoring.local_files import fingerprint, package_dir
 from scoring.templates import Template, template_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -141,10 +145,41 @@ def _has_weights(folder: Path) -> bool:
 
 def _from_gguf(name: str, gguf: Path) -> ModelSpec:
     digest = fingerprint(gguf)
-    folder = cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
+    folder = _converted_folder(gguf, digest)
     if not (folder / "config.json").is_file():
         _convert_gguf(gguf, folder)
     return ModelSpec(name, str(gguf), folder, digest)
+
+
+def _converted_folder(gguf: Path, digest: str) -> Path:
+    return cache_dir() / "models" / f"{gguf.stem}-{digest[:16]}"
+
+
+def tokenizer_at_hand(name: str, source: str) -> tuple[PreTrainedTokenizerBase, str]:
+    """(tokenizer, fingerprint of the model's files) of a model that scored as `name` from `source`,
+    from what this machine holds: never a download, a GGUF conversion or the weights, so a
+    read-only page stays cheap. UserError saying how to get it otherwise."""
+    location = resolve_location(name) if name in ALIASES else _source_at_hand(source)
+    digest = fingerprint(location)
+    if location.is_file():  # a GGUF: its converted folder holds the tokenizer
+        folder = _converted_folder(location, digest)
+        if not (folder / "config.json").is_file():
+            raise UserError(
+                f"the tokenizer of {name} is not in the model cache ({cache_dir()}): run "
+                f"`python cli.py score --model {name}` once to convert {location.name} there"
+            )
+        location = folder
+    return load_tokenizer(ModelSpec(name, source, location, digest)), digest
+
+
+def _source_at_hand(source: str) -> Path:
+    """The local copy of a scorer's recorded source: a file or folder path, or a Hub id in the HF cache."""
+    if HF_ID.match(source):
+        return _hf_snapshot(source, download=False)
+    path = Path(source)
+    if not (path.is_absolute() and path.exists()):  # resolve_model records paths absolute
+        raise UserError(f"the model files it scored with ({source}) are not on this machine")
+    return path
 
 
 def _convert_gguf(gguf: Path, folder: Path) -> None:

@@ -269,7 +269,7 @@ def score_catalog(
     )
     try:
         with catalog.job("score"):
-            key = (spec.name, spec.source, spec.fingerprint, template.key, max_length, setup.dtype)
+            key = (spec.name, spec.source, spec.fingerprint, template.key, max_length, setup.dtype, template.text)
             scorer = patiently(partial(register_scorer, catalog, *key))
             plan = plan_pool(catalog, scorer.scorer_id, links.embedder_id, dataset, limit)
             tally = RunTally()

@@ -16,16 +16,25 @@ reproduces one trainer's rendering byte for byte:
 
 A template's identity is its name, the revision of this rendering code and the SHA-256 of its
 text, so scores from another rendering are never mixed with these.
+
+A Jinja template is user code: before anything is scored with it, it renders a probe
+conversation within PROBE_SECONDS, in the sandbox transformers renders it in, or is refused with
+one line naming it and the problem.
 """
 
 from __future__ import annotations
 
 import hashlib
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from catalog.choices import TEMPLATES
-from catalog.errors import UserError
+from catalog.errors import ArgumentError, UserError
+from catalog.records import LLAMA_FACTORY_INPUT_SEPARATOR, alpaca_user_text
 from catalog.score import TemplateKey
 
 # Bumped whenever a rendering changes; 1 = before trainer-exact templates (migration 0006).
@@ -78,23 +87,139 @@ BUILT_IN_TEXT = {
 }
 
 
+PROBE_SECONDS = 5.0  # a chat template renders a short conversation in milliseconds
+# What every template must render: an exchange, then the turn whose response is scored.
+PROBE = [
+    Turn("system", "You are a careful assistant."),
+    Turn("user", "Name a primary colour."),
+    Turn("assistant", "Blue."),
+    Turn("user", "And another one?"),
+]
+
+
 def template_for(tokenizer, name: str) -> Template:
-    """The template called `name` (see TEMPLATES) or read from a .jinja file; UserError otherwise."""
+    """The template called `name` (see TEMPLATES) or read from a .jinja file, checked by rendering
+    PROBE; ArgumentError naming it and the problem otherwise."""
     if name == "chat":
         if not tokenizer.chat_template:
-            raise UserError(
-                "--template chat: this model's tokenizer has no chat template; use --template alpaca, "
-                "alpaca-lf or a .jinja file"
+            raise ArgumentError(
+                "{0} chat: this model's tokenizer has no chat template; use alpaca, alpaca-lf or a .jinja file",
+                "template",
             )
-        return Template("chat", "chat", str(tokenizer.chat_template))
+        return _checked(tokenizer, Template("chat", "chat", str(tokenizer.chat_template)), name)
     if name in BUILT_IN_TEXT:
         return Template(name, name, BUILT_IN_TEXT[name])
     path = Path(name).expanduser()
     if path.suffix == ".jinja":
-        if not path.is_file():
-            raise UserError(f"--template {name}: no such file ({path.resolve()})")
-        return Template(path.name, "chat", path.read_text(encoding="utf-8"))
-    raise UserError(f"unknown --template {name!r}; use one of {', '.join(TEMPLATES)} or a .jinja file")
+        return _checked(tokenizer, Template(path.name, "chat", _read(path, name)), name)
+    raise ArgumentError(
+        "unknown {0} " + _literal(f"{name!r}; use one of {', '.join(TEMPLATES)} or a .jinja file"), "template"
+    )
+
+
+def recorded_template(tokenizer, name: str, text: str | None) -> Template:
+    """The template a scorer recorded (its name and text), to rebuild the inputs it saw; UserError
+    when a .jinja scorer's text was not recorded (scored before catalog revision 0008)."""
+    if name in BUILT_IN_TEXT:
+        return Template(name, name, BUILT_IN_TEXT[name])
+    if text is not None:
+        return Template(name, "chat", text)
+    if name == "chat":
+        return template_for(tokenizer, "chat")
+    raise UserError(
+        f"this scorer did not record the text of its template {name!r} (it scored before the catalog kept "
+        f"template texts); score again with --template pointing at that file to record it"
+    )
+
+
+def _refused(name: str, problem: str) -> ArgumentError:
+    """The error `template NAME: PROBLEM` (the CLI says --template), whatever braces NAME and PROBLEM hold."""
+    return ArgumentError("{0} " + _literal(f"{name}: {problem}"), "template")
+
+
+def _literal(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _read(path: Path, name: str) -> str:
+    """A .jinja file's text: UTF-8, not empty."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise _refused(name, f"no such file ({path.resolve()})") from None
+    except IsADirectoryError:
+        raise _refused(name, "is a folder, not a file") from None
+    except UnicodeDecodeError as error:
+        raise _refused(
+            name, f"not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset {error.start})"
+        ) from None
+    if not text.strip():
+        raise _refused(name, "the file is empty")
+    return text
+
+
+def _checked(tokenizer, template: Template, name: str) -> Template:
+    """`template` once it renders PROBE to a prompt within PROBE_SECONDS; a template that refuses
+    the system message (as Gemma's and Mistral's do, by raise_exception) renders PROBE without it."""
+    import jinja2
+
+    try:
+        with _time_limit(PROBE_SECONDS):
+            try:
+                ids = render(tokenizer, template, PROBE, [])
+            except jinja2.TemplateError as error:
+                if type(error) is not jinja2.TemplateError:  # not the template's own raise_exception
+                    raise
+                ids = render(tokenizer, template, PROBE[1:], [])
+    except _TookTooLong:
+        raise _refused(
+            name, f"rendering a four-message conversation took over {PROBE_SECONDS:g} s (a loop that does not end?)"
+        ) from None
+    except Exception as error:  # a template is user code: whatever it raises is the user's to fix
+        raise _refused(name, _problem(error)) from None
+    if not ids:
+        raise _refused(name, "renders an empty prompt for a conversation (system, user, assistant, user)")
+    return template
+
+
+def _problem(error: Exception) -> str:
+    """What went wrong rendering a template, in one line."""
+    import jinja2
+
+    if isinstance(error, jinja2.TemplateSyntaxError):
+        problem = f"line {error.lineno}: Jinja syntax error: {error.message}"
+    elif isinstance(error, RecursionError):
+        problem = "recursion too deep (a macro that calls itself without end?)"
+    elif isinstance(error, jinja2.TemplateError):
+        problem = f"does not render a conversation (system, user, assistant, user): {error}"
+    else:
+        problem = f"does not render a conversation (system, user, assistant, user): {type(error).__name__}: {error}"
+    return " ".join(problem.split())
+
+
+class _TookTooLong(BaseException):
+    """Raised inside a render that ran past its time limit (a BaseException: Jinja wraps Exceptions)."""
+
+
+@contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise _TookTooLong in the code run inside, in this thread, once `seconds` have passed.
+
+    Jinja renders in pure Python, so a line tracer sees every step of a loop that does not end;
+    unlike a signal it works in any thread (the web server's), unlike a subprocess it costs nothing."""
+    deadline = time.monotonic() + seconds
+
+    def trace(frame, event, arg):
+        if time.monotonic() > deadline:
+            raise _TookTooLong
+        return trace
+
+    previous = sys.gettrace()
+    sys.settrace(trace)
+    try:
+        yield
+    finally:
+        sys.settrace(previous)
 
 
 def render(tokenizer, template: Template, turns: list[Turn], bos: list[int]) -> list[int]:
@@ -145,7 +270,7 @@ def _llama_factory(tokenizer, turns: list[Turn]) -> list[int]:
     ids = _encode(tokenizer, system)
     for turn in turns:
         if turn.role == "user":
-            content = "\n".join(part for part in turn.fields if part) if turn.fields else turn.content
+            content = alpaca_user_text(*turn.fields, LLAMA_FACTORY_INPUT_SEPARATOR) if turn.fields else turn.content
             ids += _encode(tokenizer, LF_USER.replace("{content}", content))
         elif turn.role == "assistant":
             ids += _encode(tokenizer, turn.content) + eos + _encode(tokenizer, LF_AFTER_EOS)

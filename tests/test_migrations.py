@@ -153,6 +153,15 @@ def seed_0007(conn) -> None:
     )
 
 
+def seed_0008(conn) -> None:
+    """A scorer of a .jinja template, its text recorded beside its hash."""
+    db.execute(
+        conn,
+        """INSERT INTO scorer VALUES (3, 'smollm2-135m', 'SmolLM2.gguf', 'beef', 'vicuna.jinja', 4096, 'float32',
+                        '2026-11-08 10:00:00', 2, 'decaf', 'USER: {{ messages[-1].content }}')""",
+    )
+
+
 SEEDS = {
     "0001": seed_0001,
     "0002": seed_0002,
@@ -161,6 +170,7 @@ SEEDS = {
     "0005": seed_0005,
     "0006": seed_0006,
     "0007": seed_0007,
+    "0008": seed_0008,
 }
 
 
@@ -259,6 +269,29 @@ def test_0007_keeps_every_row_of_miwv_scores_in_every_status(tmp_path):
         statuses = {r[0] for r in db.execute(conn, "SELECT status FROM score_current")}
     assert statuses == {"ok", "too_long", "too_long_one_shot", "no_neighbour"}
     assert len(old) == 180 - 1  # the sample whose link moved is stale
+
+
+def test_0008_leaves_the_template_text_of_earlier_scorers_unknown(tmp_path):
+    """Scorers from before 0008 keep every column and have no template text (NULL: the page says
+    so); a scorer registered after it records the text it renders with."""
+    from catalog.score import TemplateKey, register_scorer
+
+    path = tmp_path / "old"
+    seeded_at(path, "0007")
+    with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
+        before = db.execute(conn, "SELECT * FROM scorer ORDER BY scorer_id")
+    with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
+        migrate.upgrade(conn, "0008")
+        after = db.execute(conn, "SELECT * FROM scorer ORDER BY scorer_id")
+    assert [row[:-1] for row in after] == before
+    assert [row[-1] for row in after] == [None, None]
+    new = register_scorer(
+        Catalog(path), "smollm2-135m", "SmolLM2.gguf", "beef", TemplateKey("v.jinja", 2, "f00"), 4096, "float32",
+        "USER: {{ messages[-1].content }}",
+    )  # fmt: skip
+    assert new.template_text == "USER: {{ messages[-1].content }}"
+    with Catalog(path).read() as conn:
+        assert db.execute(conn, "SELECT template_text FROM scorer WHERE scorer_id = 3") == [(new.template_text,)]
 
 
 def test_every_revision_has_a_seed_so_the_next_one_is_tested_with_data():

@@ -212,14 +212,54 @@ def test_a_templates_identity_is_its_name_revision_and_text(smollm2, tmp_path):
 @pytest.mark.parametrize(
     ("name", "message"),
     [
-        ("alpaca-gpt4", "unknown --template 'alpaca-gpt4'; use one of chat, alpaca, alpaca-lf or a .jinja file"),
-        ("missing.jinja", "--template missing.jinja: no such file"),
+        ("alpaca-gpt4", "unknown template 'alpaca-gpt4'; use one of chat, alpaca, alpaca-lf or a .jinja file"),
+        ("missing.jinja", "template missing.jinja: no such file"),
     ],
 )
 def test_unknown_templates_are_one_clear_error(smollm2, name, message):
     _, tokenizer, _ = smollm2
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
         template_for(tokenizer, name)
+
+
+# Jinja templates that cannot score anything, and a word of the one-line reason each gets.
+BAD_TEMPLATES = {
+    "empty": (b"", "is empty"),
+    "blank": (b" \n\t\n", "is empty"),
+    "syntax error": (b"{% for m in messages %}{{ m.content }}", "line 1: Jinja syntax error"),
+    "raise_exception": (b"{{ raise_exception('roles must alternate') }}", "roles must alternate"),
+    "include": (b"{% include 'vicuna.jinja' %}", "no loader"),
+    "sandbox violation": (b"{{ ''.__class__.__mro__[1].__subclasses__() }}", "unsafe"),
+    "not UTF-8": (b"{{ messages[0].content }}\xff\xfe", "not UTF-8 text"),
+    "undefined variable": (b"{% for m in messages %}{{ message.content }}{% endfor %}", "'message' is undefined"),
+    "recursion": (b"{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "recursion"),
+    "loop": (b"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "took over"),
+    "renders nothing": (b"{# a comment #}{% if false %}x{% endif %}", "renders an empty prompt"),
+}
+
+
+@pytest.mark.parametrize(("content", "problem"), BAD_TEMPLATES.values(), ids=BAD_TEMPLATES)
+def test_a_template_that_cannot_render_is_one_line_naming_the_file(smollm2, tmp_path, content, problem):
+    _, tokenizer, _ = smollm2
+    path = tmp_path / "templates" / "bad.jinja"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    with pytest.raises(UserError) as refused:
+        template_for(tokenizer, str(path))
+    message = str(refused.value)
+    assert message.startswith(f"template {path}: ") and problem in message and "\n" not in message, message
+
+
+def test_a_template_that_refuses_a_system_message_is_kept_for_data_without_one(smollm2, tmp_path):
+    """Like Gemma's and Mistral's: the probe without the system message renders."""
+    _, tokenizer, _ = smollm2
+    path = tmp_path / "no_system.jinja"
+    path.write_text(
+        "{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:",
+        encoding="utf-8",
+    )
+    assert template_for(tokenizer, str(path)).name == "no_system.jinja"
 
 
 @pytest.mark.parametrize("template", ["alpaca", "alpaca-lf", str(VICUNA)])

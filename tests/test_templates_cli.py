@@ -8,8 +8,10 @@ import json
 import pytest
 import torch
 
+import miwv
 from catalog import Catalog, db
-from tests.conftest import REPO, fixture_records, write_jsonl
+from tests.conftest import REPO, CliRun, fixture_records, write_jsonl
+from tests.test_templates import BAD_TEMPLATES
 
 pytestmark = pytest.mark.slow  # embeds and scores with the real models
 
@@ -79,3 +81,42 @@ def test_a_jinja_file_is_a_template_and_its_name_is_recorded(tmp_path, cli_run, 
     assert "pool 4, 0 needed passes" in again.output  # same file, same scorer
     missing = cli_run("score", "--model", "smollm2-135m", "--template", tmp_path / "nope.jinja")
     assert missing.exit_code == 1 and "nope.jinja: no such file" in missing.output
+
+
+def ingest_and_embed_four(cli_run: CliRun) -> None:
+    assert cli_run("ingest", write_jsonl(cli_run.catalog.parent / "rows.jsonl", fixture_records()[:4])).exit_code == 0
+    assert cli_run("embed").exit_code == 0
+
+
+def scorers_and_runs(catalog_dir) -> list[int]:
+    with Catalog(catalog_dir).read() as conn:
+        return [db.execute(conn, f"SELECT count(*) FROM {table}")[0][0] for table in ("scorer", "score_run")]
+
+
+@pytest.mark.parametrize(("content", "problem"), BAD_TEMPLATES.values(), ids=BAD_TEMPLATES)
+def test_a_bad_template_is_refused_in_one_line_before_anything_is_written(
+    tmp_path, cli_run, catalog_dir, catalog_built_by, content, problem
+):
+    catalog_built_by(ingest_and_embed_four)
+    path = tmp_path / "elsewhere" / "bad.jinja"
+    path.parent.mkdir()
+    path.write_bytes(content)
+    result = cli_run("score", "--model", "smollm2-135m", "--template", path)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.strip().splitlines() == [result.output.strip()], result.output
+    assert f"--template {path}: " in result.output and problem in result.output, result.output
+    assert scorers_and_runs(catalog_dir) == [0, 0]
+
+
+@pytest.mark.parametrize(("content", "problem"), BAD_TEMPLATES.values(), ids=BAD_TEMPLATES)
+def test_the_api_refuses_a_bad_template_before_anything_is_written(
+    tmp_path, catalog_dir, catalog_built_by, content, problem
+):
+    catalog_built_by(ingest_and_embed_four)
+    path = tmp_path / "bad.jinja"
+    path.write_bytes(content)
+    with pytest.raises(miwv.ArgumentError) as refused:
+        miwv.open(catalog_dir).score("smollm2-135m", template=str(path))
+    assert refused.value.arguments == ("template",) and f"template {path}: " in str(refused.value)
+    assert problem in str(refused.value)
+    assert scorers_and_runs(catalog_dir) == [0, 0]
