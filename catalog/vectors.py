@@ -129,12 +129,14 @@ class VectorTable:
         """ANN search: (query_index, sample_id) of up to k hits per query row, cosine distance refined exactly.
 
         Probes a quarter of the IVF partitions (at least 10): recall@1 1.0 on clustered vectors,
-        lower on unstructured random ones (bench/neighbours_speed.py).
+        lower on unstructured random ones (bench/neighbours_speed.py). LanceDB answers a single
+        query vector without a query_index column: its hits are all query 0.
         """
         table = self._open()
         nprobes = max(10, _partitions(table.count_rows()) // 4)
+        queries = np.asarray(queries, np.float32)
         hits = (
-            table.search(list(np.asarray(queries, np.float32)))
+            table.search(list(queries) if len(queries) > 1 else queries[0])
             .distance_type(ANN_METRIC)
             .nprobes(nprobes)
             .ef(max(100, k * refine_factor))
@@ -143,7 +145,8 @@ class VectorTable:
             .select(["sample_id", "_distance"])
             .to_arrow()
         )
-        return hits["query_index"].to_numpy(), hits["sample_id"].to_numpy()
+        rows = hits["query_index"].to_numpy() if len(queries) > 1 else np.zeros(hits.num_rows, np.int32)
+        return rows, hits["sample_id"].to_numpy()
 
 
 def _committed(folder: Path) -> bool:

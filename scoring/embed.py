@@ -129,6 +129,10 @@ def embed_missing(
     """
     started = time.monotonic()
     catalog.require()
+    if workers is not None or ray_address is not None:
+        from scoring.ray_pool import check_request
+
+        check_request(workers, ray_address, 1, device)  # even when there is nothing to embed
     spec = resolve_embedder(embedder, pooling)
     with catalog.job("embed"):
         row = lookup_embedder(catalog, spec.fingerprint, spec.pooling)

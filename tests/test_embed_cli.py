@@ -124,6 +124,36 @@ def test_ann_method_agrees_with_exact_on_real_rows(tmp_path, cli_run):
     assert links(cli_run) == exact
 
 
+def embed_140_rows(cli_run) -> None:
+    cli_run("ingest", write_jsonl(cli_run.catalog.parent / "first.jsonl", fixture_records()[:140]))
+    cli_run("embed")
+
+
+@pytest.mark.parametrize("new_rows", [1, 2, 20])
+def test_ann_method_links_new_rows_as_the_exact_method_does(tmp_path, cli_run, catalog_built_by, new_rows):
+    """One new row is searched as a single vector, which LanceDB answers without a query index."""
+    catalog_built_by(embed_140_rows)
+    cli_run("ingest", write_jsonl(tmp_path / "new.jsonl", fixture_records()[140 : 140 + new_rows]))
+    result = cli_run.json("embed", "--method", "ann")
+    assert (result["embedded"], result["neighbours"]["method"], result["neighbours"]["mode"]) == (
+        new_rows,
+        "ann",
+        "incremental",
+    )
+    by_ann = links(cli_run)
+    exact = cli_run.json("neighbours", "--rebuild", "--method", "exact")
+    assert exact["changed"] == 0 and links(cli_run) == by_ann and len(by_ann) == 140 + new_rows
+    assert cli_run.json("embed", "--method", "ann")["neighbours"]["mode"] == "up-to-date"
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_ann_method_on_a_catalog_of_one_or_two_rows(tmp_path, cli_run, rows):
+    cli_run("ingest", write_jsonl(tmp_path / "rows.jsonl", fixture_records()[:rows]))
+    result = cli_run.json("embed", "--method", "ann")
+    assert (result["neighbours"]["method"], result["neighbours"]["without_neighbour"]) == ("ann", 2 - rows)
+    assert len(links(cli_run)) == rows
+
+
 def test_two_embedders_keep_their_vectors_and_links_side_by_side(tmp_path, cli_run):
     cli_run("ingest", write_jsonl(tmp_path / "rows.jsonl", fixture_records()[:80]))
     cli_run("embed")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scoring.neighbours import NO_NEIGHBOUR, Points, beats, nearest, pair_similarity
+from catalog.vectors import VectorTable
+from scoring import neighbours
+from scoring.neighbours import NO_NEIGHBOUR, Points, _ann_finder, beats, nearest, pair_similarity
 
 
 def unit_rows(n: int, d: int = 48, seed: int = 0) -> np.ndarray:
@@ -88,3 +90,27 @@ def test_ids_spanning_the_whole_int64_range_are_accepted():
     ids = np.array([-(2**63) + 5, -5196945151694835605, 6840304417513588173, 2**63 - 1], dtype=np.int64)
     points = Points(ids, unit_rows(4), np.arange(4, dtype=np.int64))
     assert set(nearest(points, points).ids) <= set(ids)
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory) -> tuple[Points, VectorTable]:
+    """Clustered unit vectors, well enough separated for the ANN index to find the exact answer."""
+    n = 600
+    x = unit_rows(40, d=32, seed=2)[np.arange(n) % 40] + 0.3 * unit_rows(n, d=32, seed=3)
+    points = Points(np.arange(n, dtype=np.int64) * 7, x / np.linalg.norm(x, axis=1, keepdims=True), np.arange(n))
+    table = VectorTable(tmp_path_factory.mktemp("vectors"), 1, 32)
+    table.add(points.ids, points.vectors)
+    table.build_ann_index()
+    return points, table
+
+
+@pytest.mark.parametrize(("queries", "chunk"), [(1, 1024), (2, 1024), (40, 1024), (33, 16)])
+def test_the_ann_search_finds_the_exact_neighbours_for_any_number_of_queries(indexed, queries, chunk, monkeypatch):
+    """A single query vector (one new sample, or a last chunk of one: 33 = 16 + 16 + 1) comes back
+    from LanceDB without a query index; every count gives the exact answer."""
+    monkeypatch.setattr(neighbours, "ANN_CHUNK", chunk)
+    points, table = indexed
+    asked = points.subset(np.arange(len(points.ids)) >= len(points.ids) - queries)
+    found = _ann_finder(table, points)(asked, points)
+    exact = nearest(asked, points)
+    assert np.array_equal(found.ids, exact.ids) and np.array_equal(found.similarity, exact.similarity)

@@ -1,9 +1,11 @@
 """`score --workers` and `embed --workers` on a local Ray with the real SmolLM2 and MiniLM:
-the same numbers as in-process, a killed worker's unit redone, other weights refused, and a
-killed driver leaving no process behind. One small local Ray (2 CPUs) serves the module."""
+the same numbers as in-process, a killed worker's unit redone, other weights refused, a killed
+driver leaving no process behind, services on loopback only, and no silent wait for room. One
+small local Ray (2 CPUs), started as `--workers` starts one, serves the module."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -21,7 +23,9 @@ import ray
 from click.testing import CliRunner
 
 from catalog import Catalog, db
-from scoring.ray_pool import ActorPool, WeightsMismatch, worker_env
+from catalog.errors import UserError
+from scoring import ray_pool
+from scoring.ray_pool import ActorPool, RayCluster, WeightsMismatch, start_local, stop_local
 from tests.conftest import REPO, fixture_records, write_jsonl
 
 pytestmark = pytest.mark.slow  # a local Ray and real SmolLM2 / MiniLM workers
@@ -29,16 +33,10 @@ pytestmark = pytest.mark.slow  # a local Ray and real SmolLM2 / MiniLM workers
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        object_store_memory=100 << 20,
-        runtime_env={"env_vars": worker_env()},
-        log_to_driver=False,
-    )
+    """A local Ray started as `--workers` starts one."""
+    reaper = start_local(cpus=2, gpus=0, object_store_memory=100 << 20)
     yield
-    ray.shutdown()
+    stop_local(reaper)
 
 
 def prepare(tmp_path, cli_run, records) -> None:
@@ -203,3 +201,39 @@ def test_a_killed_driver_leaves_no_process_and_a_rerun_finishes(tmp_path, cli_ru
     assert ones == distinct == 20
     needed = int(re.search(r"pool 20, (\d+) needed passes", rerun.output).group(1))
     assert needed <= 20 - committed  # only what the killed run had not committed
+
+
+def listening_ips(pids: set[int]) -> set[str]:
+    return {c.laddr.ip for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN and c.pid in pids}
+
+
+def is_loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback
+
+
+def test_a_local_ray_listens_on_loopback_only(local_ray):
+    holder = ray.remote(Halver).options(num_cpus=1).remote()
+    assert ray.get(holder.load.remote()) == ("node", "cpu")  # a worker process is up, with its own server
+    family = {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}
+    ips = listening_ips(family)
+    ray.kill(holder)
+    assert len(ips) and all(is_loopback(ip) for ip in ips), ips  # not 0.0.0.0, ::, or this host's address
+
+
+def test_workers_the_cluster_has_no_room_for_are_refused_after_a_bounded_wait(local_ray, monkeypatch):
+    """A remote cluster may list CPUs that other jobs hold: the reservation waits PLACEMENT_WAIT_S, then says so."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    others = placement_group([{"CPU": 2}])
+    assert others.wait(60)
+    monkeypatch.setattr(ray_pool, "PLACEMENT_WAIT_S", 2)
+    started = time.monotonic()
+    with pytest.raises(
+        UserError, match=r"^the Ray cluster found no room for 2 workers \(1 CPU each\) within 2 s, having 0 CPU free"
+    ):
+        RayCluster.connect(2, None, 1, "cpu")
+    assert time.monotonic() - started < 30
+    remove_placement_group(others)
+    cluster = RayCluster.connect(2, None, 1, "cpu")  # room again: reserved, and given back on close
+    cluster.close()
