@@ -251,23 +251,23 @@ def score_catalog(
     links = find_embedder(catalog, embedder)
     check_pool(catalog, dataset)
     cluster = None
-    if workers is not None or ray_address is not None:
-        from scoring.ray_pool import RayCluster
+    try:  # a cluster joined is closed whatever fails after it
+        if workers is not None or ray_address is not None:
+            from scoring.ray_pool import RayCluster
 
-        cluster = RayCluster.connect(workers, ray_address, gpus_per_worker, device)
-        device = cluster.device
-    else:
-        device = pick_device(device)
-    torch_dtype = pick_dtype(device, dtype)
-    setup = ScorerSetup(
-        spec,
-        template,
-        max_length,
-        str(torch_dtype).removeprefix("torch."),
-        default_batching(device).override(token_budget, max_batch),
-        fit_memory=token_budget is None,
-    )
-    try:
+            cluster = RayCluster.connect(workers, ray_address, gpus_per_worker, device)
+            device = cluster.device
+        else:
+            device = pick_device(device)
+        torch_dtype = pick_dtype(device, dtype)
+        setup = ScorerSetup(
+            spec,
+            template,
+            max_length,
+            str(torch_dtype).removeprefix("torch."),
+            default_batching(device).override(token_budget, max_batch),
+            fit_memory=token_budget is None,
+        )
         with catalog.job("score"):
             key = (spec.name, spec.source, spec.fingerprint, template.key, max_length, setup.dtype, template.text)
             scorer = patiently(partial(register_scorer, catalog, *key))
