@@ -18,8 +18,9 @@ import sqlalchemy as sa
 from catalog import db, migrate
 from catalog.datasets import require_dataset
 from catalog.errors import UserError
-from catalog.query import run_read_only
+from catalog.query import one_condition, run_read_only
 from catalog.report import ALL, SUMMARY_SQL
+from catalog.score import find_scorer
 from catalog.status import DATASETS_SQL, EMBEDDERS_SQL, INGESTS_SQL, SCORES_SQL, catalog_status
 from catalog.store import Catalog
 
@@ -78,16 +79,12 @@ def _tidy(sql: str) -> str:
 
 
 def require_current_schema(catalog: Catalog) -> None:
-    """Refuse a catalog that would need a migration: the explorer never writes."""
+    """Refuse a catalog that would need a migration (the explorer never writes), and a database
+    that is not a catalog at all (for which `upgrade` is no help), with the advice each needs."""
     catalog.require()
-    with db.connect(catalog.db_path, read_only=True, busy_timeout=catalog.busy_timeout) as conn:
-        revision = migrate.current_revision(conn)
-    migrate.check_known(revision, catalog.path)
+    revision = catalog._stored_revision()  # refuses a foreign database, or one of a newer version
     if revision != migrate.head_revision():
-        raise UserError(
-            f"catalog {catalog.path} is at schema revision {revision}, this version reads {migrate.head_revision()}; "
-            f"run `python cli.py --catalog {catalog.path} upgrade` first (the explorer opens it read-only)"
-        )
+        raise UserError(catalog._needs_upgrade(revision))
 
 
 # ---- the overview -------------------------------------------------------------------------
@@ -111,9 +108,9 @@ NEIGHBOUR_RUNS_SQL = """
 """
 
 
-def overview(catalog: Catalog, runs: int = 10) -> tuple[int, dict[str, Table]]:
+def overview(catalog: Catalog, conn: sa.Connection, runs: int = 10) -> tuple[int, dict[str, Table]]:
     """The facts of `cli.py status` (sample count, and its tables with their statements), then the
-    last score and neighbour runs, newest first."""
+    last score and neighbour runs, newest first (read through `conn`)."""
     facts = catalog_status(catalog)
     lance = "-- embedded, not_linked: counted from the embedder's LanceDB table (vectors/embedder_<id>)\n"
     tables = {
@@ -125,9 +122,8 @@ def overview(catalog: Catalog, runs: int = 10) -> tuple[int, dict[str, Table]]:
             ("ingests", INGESTS_SQL),
         )
     }
-    with catalog.read() as conn:
-        tables["score_runs"] = fetch(conn, "score_runs", SCORE_RUNS_SQL, {"limit": runs})
-        tables["neighbour_runs"] = fetch(conn, "neighbour_runs", NEIGHBOUR_RUNS_SQL, {"limit": runs})
+    tables["score_runs"] = fetch(conn, "score_runs", SCORE_RUNS_SQL, {"limit": runs})
+    tables["neighbour_runs"] = fetch(conn, "neighbour_runs", NEIGHBOUR_RUNS_SQL, {"limit": runs})
     return facts["samples"], tables
 
 
@@ -147,23 +143,36 @@ class ScoreKey:
     dtype: str
 
 
+# A scorer without losses (its runs stopped before their first commit) comes last.
 SCORE_KEYS_SQL = """
+    WITH scored AS (SELECT DISTINCT scorer_id FROM zero_shot_loss)
     SELECT sc.model, r.scorer_id, r.embedder_id, e.name AS embedder, sc.template, sc.max_length, sc.dtype
     FROM score_run r JOIN scorer sc USING (scorer_id) JOIN embedder e USING (embedder_id)
-    GROUP BY ALL ORDER BY max(r.run_id) DESC
+         LEFT JOIN scored l ON l.scorer_id = r.scorer_id
+    GROUP BY ALL ORDER BY max(l.scorer_id IS NOT NULL) DESC, max(r.run_id) DESC
 """
 
 
 def score_keys(conn: sa.Connection) -> list[ScoreKey]:
-    """Every (scorer, embedder) pair that has a score run, the most recently run first."""
+    """Every (scorer, embedder) pair that has a score run, the most recently run first (those
+    with losses before those without)."""
     return [ScoreKey(**row) for row in db.records(conn, SCORE_KEYS_SQL)]
+
+
+def default_scorer(catalog: Catalog, model: str) -> int:
+    """The scorer a page of `model` shows when none is asked for: the one `select` and `report`
+    take (its newest with losses, never the empty scorer of a run that failed); NotFound if none."""
+    try:
+        return find_scorer(catalog, model).scorer_id
+    except UserError as error:
+        raise NotFound(str(error)) from None
 
 
 def find_scores(
     conn: sa.Connection, model: str | None, scorer_id: int | None = None, embedder_id: int | None = None
 ) -> ScoreKey:
     """The most recently run scores of `model` (narrowed by scorer and embedder ids; any model
-    when None); NotFound otherwise."""
+    when None); NotFound otherwise. A page of one model asks for its `default_scorer`."""
     keys = score_keys(conn)
     matches = [
         k
@@ -369,9 +378,20 @@ def _run_filtered(conn: sa.Connection, name: str, sql: str, where: str | None) -
         arrow = run_read_only(conn, sql, allowed=("SELECT",))
     except UserError as error:
         if where:
-            raise UserError(f"the filter {where!r} is not one SQL condition on the `samples` view ({error})") from None
+            raise _bad_filter(where, error) from None
         raise
     return _table(name, sql, arrow)
+
+
+def _bad_filter(where: str, error: UserError) -> UserError:
+    return UserError(f"the filter {where!r} is not one SQL condition on the `samples` view ({error})")
+
+
+def _user_condition(where: str) -> str:
+    try:
+        return one_condition(where)
+    except UserError as error:
+        raise _bad_filter(where, error) from None
 
 
 def _samples_sql(
@@ -420,7 +440,7 @@ def _samples_sql(
     join = " JOIN samples s USING (sample_id)" if join_samples or query.where or query.search else ""
     head = inline(f"SELECT {columns}\nFROM score_current m{join}\nWHERE {where}", params)
     # The user's condition is added after inlining: a $ in it is theirs, not a parameter.
-    user = f"\n  AND ({query.where})" if query.where else ""
+    user = f"\n  AND ({_user_condition(query.where)})" if query.where else ""
     return head + user + f"\n{order}" + (f"\nLIMIT {int(limit)}" if limit else "")
 
 
@@ -456,7 +476,7 @@ NEIGHBOURS_SQL = """
 SAMPLE_SCORES_SQL = """
     SELECT m.model, m.scorer_id, m.template, m.max_length, m.embedder, m.embedder_id, m.status,
            m.zero_shot_loss, m.one_shot_loss, m.miwv, m.n_response_tokens, m.example_truncated,
-           m.neighbour_id, m.similarity, c.fingerprint, c.template_revision, c.template_hash,
+           m.neighbour_id, m.similarity, c.source, c.fingerprint, c.template_revision, c.template_hash, c.template_text,
            CASE WHEN m.status = 'ok' THEN 1 + (
                SELECT count(*) FROM score_current r
                WHERE r.scorer_id = m.scorer_id AND r.embedder_id = m.embedder_id AND r.status = 'ok'

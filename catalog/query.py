@@ -85,5 +85,35 @@ def _stopped_after(native, timeout: float | None) -> Iterator[threading.Event]:
         timer.cancel()
 
 
+def one_condition(text: str) -> str:
+    """`text` when it is one SQL expression that can stand inside the parentheses a caller puts
+    around it (`... AND (text)`); UserError saying why not.
+
+    Checked on DuckDB's own tokens, before anything is spliced: a parenthesis that closes one it
+    did not open, a `;`, a comment, or a string or quoted name that is never closed could end the
+    caller's parentheses or statement, so any of them is refused whatever the rest says.
+    """
+    if not text.strip():
+        raise UserError("it is empty")
+    data = text.encode()  # token positions count bytes
+    tokens = duckdb.tokenize(text)
+    ends = [start for start, _ in tokens[1:]] + [len(data)]
+    depth = 0
+    for (start, kind), end in zip(tokens, ends, strict=True):
+        piece = data[start:end].decode().strip()
+        if kind == duckdb.token_type.comment:
+            raise UserError("it holds a comment (-- or /* */); remove it")
+        if kind != duckdb.token_type.operator:
+            continue
+        if piece == ";":
+            raise UserError("it holds a ; (one condition, not statements)")
+        depth += {"(": 1, ")": -1}.get(piece, 0)
+        if depth < 0:
+            raise UserError("a ) closes a parenthesis it did not open")
+    if depth or duckdb.tokenize(f"({text}\n)")[-1] != (len(data) + 2, duckdb.token_type.operator):
+        raise UserError("a parenthesis, string or quoted name in it is never closed")
+    return text
+
+
 def first_line(error: Exception) -> str:
     return " ".join(str(error).split("\n")[:3]).strip()

@@ -14,7 +14,7 @@ from catalog.choices import STRATEGIES
 from catalog.datasets import require_dataset
 from catalog.errors import ArgumentError, UserError
 from catalog.export import Exported, Stage, check_target, staged, write_samples
-from catalog.query import run_read_only
+from catalog.query import one_condition, run_read_only
 from catalog.store import Catalog
 
 
@@ -214,7 +214,12 @@ def _pool(request: Request) -> str:
     if request.dataset is not None:
         conditions.append("list_contains(datasets, '" + request.dataset.replace("'", "''") + "')")
     if request.where:
-        conditions.append(f"({request.where})")
+        try:
+            conditions.append(f"({one_condition(request.where)})")
+        except UserError as error:
+            raise ArgumentError(
+                "{0} is not one SQL condition on the `samples` view", "where", detail=str(error)
+            ) from None
     where = f"\n    WHERE {' AND '.join(conditions)}" if conditions else ""
     return f"pool AS (\n    SELECT sample_id FROM samples{where}\n)"
 

@@ -1,11 +1,16 @@
 """The pages: each reads the catalog through one short read-only connection (catalog.explore
-holds the SQL), then renders a template or sends one of its tables as a file."""
+holds the SQL), then renders a template or sends one of its tables as a file. Each is a plain
+function run in a worker thread; web.app bounds its time on the catalog (see `_read`) and
+refuses query parameters it does not declare with `takes`."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from urllib.parse import urlencode
 
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
@@ -18,18 +23,35 @@ from web.render import download, model_url, page, wants_download
 PAGE_SIZE = 50  # samples per page unless ?per_page= (1 to MAX_PAGE_SIZE) says otherwise
 MAX_PAGE_SIZE = 500
 DIFF_ROWS = 200  # rows per side shown on a selection diff (downloads hold them all)
+DOWNLOAD_PARAMS = ("download", "format")
+SAMPLE_PARAMS = ("scorer", "embedder", "sort", "order", "dataset", "status", "q", "where", "after", "before")
+RANGE_PARAMS = tuple(f"{name}_{bound}" for name in ex.RANGES for bound in ("min", "max"))
 
 
+def takes(*names: str) -> Callable[[Callable], Callable]:
+    """Declare the query parameters a page understands (besides download and format): any other
+    one is refused with 400, so a typo or a `page=2` never silently shows something else."""
+
+    def declare(endpoint: Callable) -> Callable:
+        endpoint.params = frozenset((*names, *DOWNLOAD_PARAMS))
+        return endpoint
+
+    return declare
+
+
+@takes()
 def overview(request: Request) -> Response:
     catalog = _catalog(request)
-    samples, tables = ex.overview(catalog)
+    with _read(request) as conn:
+        samples, tables = ex.overview(catalog, conn)
     return _tables_or_page(request, tables, "overview.html", samples=samples, catalog=str(catalog.path.resolve()))
 
 
+@takes("scorer", "embedder")
 def model(request: Request) -> Response:
     name = request.path_params["model"]
-    with _catalog(request).read() as conn:
-        key = ex.find_scores(conn, name, _int(request, "scorer"), _int(request, "embedder"))
+    with _read(request) as conn:
+        key = _key(request, conn, name)
         keys = [k for k in ex.score_keys(conn) if k.model == name]
         tables = ex.model_tables(conn, key)
     return _tables_or_page(
@@ -45,20 +67,26 @@ def model(request: Request) -> Response:
     )
 
 
+@takes(*SAMPLE_PARAMS, *RANGE_PARAMS, "per_page")
 def samples(request: Request) -> Response:
     name = request.path_params["model"]
-    error, result = None, None
-    with _catalog(request).read() as conn:
-        key = ex.find_scores(conn, name, _int(request, "scorer"), _int(request, "embedder"))
+    error, result, table, asked, page_size = None, None, None, None, PAGE_SIZE
+    with _read(request) as conn:
+        key = _key(request, conn, name)
         datasets = ex.dataset_names(conn)
         try:
             query = _sample_query(request)
+            page_size = query.limit
             asked = wants_download(request)
             if asked:
-                return download(ex.samples_download(conn, key, query), asked[1])
-            result = ex.samples_page(conn, key, query)
+                _require_table(asked[0], ["samples"])
+                table = ex.samples_download(conn, key, query)
+            else:
+                result = ex.samples_page(conn, key, query)
         except UserError as problem:  # a bad filter: said on the page, with the form to fix it
             error = str(problem)
+    if table is not None:
+        return download(table, asked[1])
     return page(
         request,
         "samples.html",
@@ -71,17 +99,18 @@ def samples(request: Request) -> Response:
         result=result,
         error=error,
         form=request.query_params,
-        page_size=_int(request, "per_page") or PAGE_SIZE,
+        page_size=page_size,
         link=lambda **changes: _with(request, **changes),
     )
 
 
+@takes()
 def sample(request: Request) -> Response:
     try:
         sample_id = int(request.path_params["sample_id"])
     except ValueError:
         raise ex.NotFound(f"no sample {request.path_params['sample_id']!r}: sample ids are whole numbers") from None
-    with _catalog(request).read() as conn:
+    with _read(request) as conn:
         tables = ex.sample_tables(conn, sample_id)
     if wants_download(request):
         return _tables_or_page(request, tables, "sample.html")
@@ -91,27 +120,30 @@ def sample(request: Request) -> Response:
     return page(request, "sample.html", sample=row, tables=tables, neighbours=tables["neighbours"].rows, inputs=inputs)
 
 
+@takes("a", "b")
 def selections(request: Request) -> Response:
     a, b = _int(request, "a"), _int(request, "b")
     if a is not None and b is not None:
         return RedirectResponse(f"/selections/{a}/vs/{b}", status_code=303)
-    with _catalog(request).read() as conn:
+    with _read(request) as conn:
         tables = {"selections": ex.selections(conn)}
         keys = ex.score_keys(conn)
     return _tables_or_page(request, tables, "selections.html", keys=keys)
 
 
+@takes()
 def selection_diff(request: Request) -> Response:
     a, b = (_path_int(request, side) for side in ("a", "b"))
     limit = None if wants_download(request) else DIFF_ROWS
-    with _catalog(request).read() as conn:
+    with _read(request) as conn:
         tables = ex.selection_diff(conn, a, b, limit)
         chosen = {row["selection_id"]: row for row in ex.selections(conn).rows if row["selection_id"] in (a, b)}
     return _tables_or_page(request, tables, "selection_diff.html", a=chosen[a], b=chosen[b], shown=DIFF_ROWS)
 
 
+@takes("a", "b", "top")
 def compare(request: Request) -> Response:
-    with _catalog(request).read() as conn:
+    with _read(request) as conn:
         keys = ex.score_keys(conn)
         a_id, b_id = _int(request, "a"), _int(request, "b")
         if a_id is None or b_id is None:
@@ -128,15 +160,34 @@ def _catalog(request: Request) -> Catalog:
     return request.app.state.catalog
 
 
+def _read(request: Request) -> AbstractContextManager[sa.Connection]:
+    """A read-only connection for this request, held under the app's gate (web.app.Gate): the
+    request's statements are interrupted when its time limit passes, its client leaves or the
+    server stops (then web.app.Stopped is raised)."""
+    return request.app.state.gate.read(_catalog(request), request.state.guard)
+
+
+def _key(request: Request, conn: sa.Connection, model: str) -> ex.ScoreKey:
+    """The scores a page of `model` shows: ?scorer= and ?embedder=, else the default scorer."""
+    scorer = _int(request, "scorer")
+    if scorer is None:
+        scorer = ex.default_scorer(_catalog(request), model)
+    return ex.find_scores(conn, model, scorer, _int(request, "embedder"))
+
+
 def _tables_or_page(request: Request, tables: dict[str, ex.Table], template: str, **context) -> Response:
     """The table asked for as a file (?download=NAME&format=csv|jsonl), else the page."""
     asked = wants_download(request)
     if asked is None:
         return page(request, template, tables=tables, **context)
     name, fmt = asked
-    if name not in tables:
-        raise ex.NotFound(f"this page has no table {name!r}; it has {', '.join(tables)}")
+    _require_table(name, list(tables))
     return download(tables[name], fmt)
+
+
+def _require_table(name: str, tables: list[str]) -> None:
+    if name not in tables:
+        raise UserError(f"this page has no table {name!r} to download; it has {', '.join(tables)}")
 
 
 def _int(request: Request, name: str) -> int | None:
@@ -177,9 +228,11 @@ def _sample_query(request: Request) -> ex.SampleQuery:
 
     ranges = {name: (_float(request, f"{name}_min"), _float(request, f"{name}_max")) for name in ex.RANGES}
     after, before = text("after"), text("before")
-    per_page = _int(request, "per_page") or PAGE_SIZE
-    if not 1 <= per_page <= MAX_PAGE_SIZE:
-        raise UserError(f"per_page must be between 1 and {MAX_PAGE_SIZE}")
+    per_page = _int(request, "per_page")
+    if per_page is None:
+        per_page = PAGE_SIZE
+    elif not 1 <= per_page <= MAX_PAGE_SIZE:
+        raise UserError(f"per_page must be between 1 and {MAX_PAGE_SIZE}, not {per_page}")
     return ex.SampleQuery(
         sort=text("sort") or "miwv",
         descending=params.get("order", "desc") != "asc",
@@ -212,10 +265,12 @@ def _inputs(row: dict, score: dict, example: dict | None) -> tokens.Inputs | str
         return tokens.model_inputs(
             tokens.ScorerKey(
                 score["model"],
+                score["source"],
                 score["fingerprint"],
                 score["template"],
                 score["template_revision"],
                 score["template_hash"],
+                score["template_text"],
             ),
             score["max_length"],
             messages_of(row["messages"]),

@@ -1,5 +1,7 @@
 """Templates and downloads: every page is Jinja2 with autoescaping on, every table can leave
-as CSV or JSONL."""
+as CSV or JSONL. In CSV, a text cell that a spreadsheet would run as a formula (it starts with
+=, +, -, @, a tab or a carriage return) gets a leading ' (OWASP's advice on CSV injection);
+JSONL keeps every text exactly."""
 
 from __future__ import annotations
 
@@ -15,10 +17,12 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from catalog.errors import UserError
 from catalog.explore import Table
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def number(value: Any, digits: int = 4) -> str:
@@ -68,12 +72,15 @@ def page(request: Request, template: str, status_code: int = 200, **context: Any
 
 
 def wants_download(request: Request) -> tuple[str, str] | None:
-    """(table name, format) when the request asks for a table as a file (?download=NAME&format=csv)."""
+    """(table name, format) when the request asks for a table as a file (?download=NAME&format=csv);
+    UserError for a format there is none of."""
     name = request.query_params.get("download")
     if not name:
         return None
     fmt = request.query_params.get("format", "csv")
-    return name, fmt if fmt in FORMATS else "csv"
+    if fmt not in FORMATS:
+        raise UserError(f"format must be {' or '.join(FORMATS)}, not {fmt!r}")
+    return name, fmt
 
 
 def download(table: Table, fmt: str) -> Response:
@@ -105,4 +112,6 @@ def _csv_cell(value: Any) -> Any:
         return ""
     if isinstance(value, list | dict):
         return json.dumps(value, ensure_ascii=False, default=_jsonable)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value  # shown as text, never run as a formula
     return value

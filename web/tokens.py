@@ -1,8 +1,9 @@
 """The zero-shot and one-shot inputs of a sample as a scorer's model saw them.
 
 The one module of the web package that calls into scoring/: it rebuilds the token ids the
-scorer builds (the scorer's tokenizer, template and max length) and decodes them for display,
-the scored response ids token by token.
+scorer builds (the scorer's tokenizer, its recorded template text and max length) and decodes
+them for display, the scored response ids token by token. A page only reads: it takes the
+tokenizer from what this machine holds and never downloads or converts a model.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from catalog.score import AlpacaFields, Messages
-from scoring.models import load_tokenizer, resolve_model
+from scoring.models import tokenizer_at_hand
 from scoring.sequences import SequenceBuilder, Unscorable
-from scoring.templates import TEMPLATE_REVISION
+from scoring.templates import TEMPLATE_REVISION, recorded_template
 
 MAX_SHOWN_TOKENS = 2000  # response tokens shown one by one; the rest as one piece
 
@@ -39,23 +40,25 @@ class Inputs:
 
 @dataclass(frozen=True)
 class ScorerKey:
-    """What a scorer rendered with: its model, the files' fingerprint, template, template revision
-    and the hash of the template's text (None before revision 2)."""
+    """What a scorer rendered with: its model (as named, and where it came from), the files'
+    fingerprint, template, template revision, the hash of the template's text (None before
+    revision 2) and the text (None before catalog revision 0008)."""
 
     model: str
+    source: str
     fingerprint: str
     template: str
     template_revision: int
     template_hash: str | None = None
+    template_text: str | None = None
 
 
 _lock = threading.Lock()
 
 
 @lru_cache(maxsize=4)
-def _builder(model: str, template: str, max_length: int) -> tuple[SequenceBuilder, str]:
-    spec = resolve_model(model)
-    return SequenceBuilder(load_tokenizer(spec), template, max_length), spec.fingerprint
+def _tokenizer(model: str, source: str):
+    return tokenizer_at_hand(model, source)
 
 
 def model_inputs(
@@ -68,18 +71,21 @@ def model_inputs(
 ) -> Inputs:
     """Both passes of a sample for the scorer (model, template, max_length) that scored it.
 
-    Raises UserError when the model's files (or a .jinja template file) are not here any more
-    (the page says so).
+    Raises UserError when the model's tokenizer is not on this machine, or the scorer did not
+    record its .jinja template's text (the page says so, and how to get them).
     """
     with _lock:  # a tokenizer loads once, even when two pages ask at the same moment
-        builder, current = _builder(scorer.model, scorer.template, max_length)
+        tokenizer, current = _tokenizer(scorer.model, scorer.source)
+    builder = SequenceBuilder(
+        tokenizer, recorded_template(tokenizer, scorer.template, scorer.template_text), max_length
+    )
     warnings = []
     if current != scorer.fingerprint:
         warnings.append(f"the files of {scorer.model} changed since it scored this sample")
     if scorer.template_revision != TEMPLATE_REVISION:
         warnings.append(f"it scored with an older rendering of the {scorer.template!r} template")
     elif scorer.template_hash is not None and builder.template.key.digest != scorer.template_hash:
-        warnings.append(f"the {scorer.template!r} template found here is not the text it scored with")
+        warnings.append(f"the {scorer.template!r} template of the tokenizer here is not the text it scored with")
     warning = "; ".join(warnings) + "; these inputs are rebuilt with the current code" if warnings else None
     zero = _render(builder, builder.zero_shot(messages, fields))
     one = _render(builder, builder.one_shot(messages, example, fields, example_fields)) if example else None

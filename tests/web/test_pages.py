@@ -199,7 +199,7 @@ def test_a_write_in_the_filter_is_refused(client: TestClient, explored: Path, wh
     page = client.get(f"{SAMPLES}?where=" + quote(where))
     assert page.status_code == 400
     message = html.unescape(re.search(r'<p class="error" id="filter-error">(.*?)</p>', page.text, re.S).group(1))
-    assert "expected exactly one SQL statement" in message or "cannot parse the query" in message
+    assert "is not one SQL condition on the `samples` view" in message
     assert sql(explored, "SELECT count(*) AS n FROM sample")[0]["n"] == before
 
 
@@ -215,7 +215,7 @@ def test_downloads_hold_every_matching_sample(client: TestClient, explored: Path
     table = list(csv.DictReader(io.StringIO(response.text)))
     assert [int(r["sample_id"]) for r in table] == [r["sample_id"] for r in expected]
     assert json.loads(table[0]["datasets"])  # lists travel as JSON text
-    assert client.get("/?download=nope").status_code == 404
+    assert client.get("/?download=nope").status_code == 400
 
 
 def test_unknown_things_are_404(client: TestClient) -> None:
@@ -329,35 +329,3 @@ def test_a_busy_catalog_says_so_and_then_recovers(explored: Path) -> None:
 def test_serve_refuses_a_missing_catalog(tmp_path: Path) -> None:
     result = CliRun(tmp_path / "none")("serve", "--port", "1")
     assert result.exit_code == 1 and "no catalog at" in result.output
-
-
-def test_a_jinja_template_that_changed_since_scoring_is_flagged(tmp_path: Path, monkeypatch) -> None:
-    """A scorer records a .jinja template by file name and text hash; the sample page rebuilds the
-    inputs from the file of that name here, and says so when its text is not the one scored with."""
-    import hashlib
-
-    from scoring.models import resolve_model
-    from scoring.templates import TEMPLATE_REVISION
-    from web import tokens
-
-    scored_text = (Path(__file__).parents[1] / "data" / "vicuna.jinja").read_text(encoding="utf-8")
-    monkeypatch.chdir(tmp_path)
-    template = tmp_path / "vicuna.jinja"
-    key = tokens.ScorerKey(
-        MODEL,
-        resolve_model(MODEL).fingerprint,
-        "vicuna.jinja",
-        TEMPLATE_REVISION,
-        hashlib.sha256(scored_text.encode()).hexdigest(),
-    )
-    messages = (("user", "Name a colour."), ("assistant", "Blue."))
-
-    template.write_text(scored_text, encoding="utf-8")
-    tokens._builder.cache_clear()  # builders are cached by template name
-    same = tokens.model_inputs(key, 512, messages, None)
-    assert same.warning is None and "USER: Name a colour." in same.zero.prompt
-
-    tokens._builder.cache_clear()
-    template.write_text(scored_text.replace("USER:", "HUMAN:"), encoding="utf-8")
-    edited = tokens.model_inputs(key, 512, messages, None)
-    assert "'vicuna.jinja' template found here is not the text it scored with" in edited.warning
