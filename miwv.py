@@ -23,9 +23,39 @@ from typing import TYPE_CHECKING, Any
 
 from catalog import DEFAULT_PATH, CatalogBusy, InvalidInput, UserError
 from catalog import Catalog as _Store
-from catalog.choices import DEFAULT_EMBEDDER, EXACT_LIMIT
+from catalog.arguments import (
+    INT32,
+    any_text,
+    at_most_one,
+    checked,
+    columns,
+    device,
+    embedder_ref,
+    file_path,
+    flag,
+    name_or_path,
+    number,
+    one_of,
+    optional,
+    source,
+    text,
+    whole,
+)
+from catalog.choices import (
+    DEFAULT_EMBEDDER,
+    DTYPES,
+    EXACT_LIMIT,
+    EXPORT_FORMATS,
+    EXPORT_SHAPES,
+    EXPORT_TARGETS,
+    NEIGHBOUR_METHODS,
+    POOLINGS,
+    RECORD_SHAPES,
+    STRATEGIES,
+)
 from catalog.errors import ArgumentError
 from catalog.ingest import IngestResult
+from catalog.query import MAX_TIMEOUT
 
 if TYPE_CHECKING:
     import datasets
@@ -53,7 +83,18 @@ __all__ = [
     "open",
 ]
 
+# Checks shared by several verbs (catalog.arguments); each verb declares one per parameter.
+_COUNT = whole(1)
+_OPENING = dict(busy_timeout=optional(number(0)), auto_upgrade=flag)
+_SEARCH = dict(method=one_of(NEIGHBOUR_METHODS), exact_limit=_COUNT, device=device)
+_RAY = dict(workers=optional(_COUNT), ray_address=optional(any_text))
+_SHAPE = dict(shape=optional(one_of(EXPORT_SHAPES)), with_scores=flag)
+_EXPORT = dict(format=optional(one_of(EXPORT_FORMATS)), for_=optional(one_of(EXPORT_TARGETS)), **_SHAPE)
+_SECONDS = number(0, MAX_TIMEOUT, above=True, wanted=f"a positive number of seconds, at most {MAX_TIMEOUT:g}")
+_SCORES = dict(embedder=optional(embedder_ref), scorer_id=optional(_COUNT))
 
+
+@checked(path=optional(file_path), **_OPENING)
 def open(
     path: str | os.PathLike | None = None, busy_timeout: float | None = None, auto_upgrade: bool = True
 ) -> Catalog:
@@ -156,6 +197,7 @@ class Written(_AsDict):
     file_format: str  # jsonl, parquet, hf or llamafactory
     shape: str
     rows: int
+    note: str | None  # why the trainer cannot build the scored prompt from this file, if it cannot
 
 
 @dataclass(frozen=True)
@@ -204,15 +246,18 @@ class Selection(_AsDict):
     def __len__(self) -> int:
         return self.selected
 
+    @checked(**_SHAPE)
     def to_arrow(self, shape: str | None = None, with_scores: bool = False) -> pa.Table:
         """The selected samples in rank order, with their original extra fields."""
         from catalog.export import export_table
 
         return export_table(self._store, self.sample_ids, shape, with_scores, self._scorer_id, self._embedder_id)
 
+    @checked(**_SHAPE)
     def to_pandas(self, shape: str | None = None, with_scores: bool = False) -> pandas.DataFrame:
         return self.to_arrow(shape, with_scores).to_pandas()
 
+    @checked(**_SHAPE)
     def to_hf(self, shape: str | None = None, with_scores: bool = False) -> datasets.Dataset:
         """A Hugging Face `datasets.Dataset`, in memory."""
         import datasets
@@ -220,6 +265,7 @@ class Selection(_AsDict):
 
         return datasets.Dataset(InMemoryTable(self.to_arrow(shape, with_scores)))
 
+    @checked(path=file_path, **_EXPORT)
     def write(
         self,
         path: str | os.PathLike,
@@ -237,8 +283,7 @@ class Selection(_AsDict):
         """
         from catalog.export import export_samples
 
-        if for_ is not None and format is not None:
-            raise ArgumentError("give at most one of {0} and {1}", "format", "for_")
+        at_most_one(format=format, for_=for_)
         exported = export_samples(
             self._store, self.sample_ids, path, for_ or format, shape, with_scores, self._scorer_id, self._embedder_id
         )
@@ -248,6 +293,7 @@ class Selection(_AsDict):
 class Catalog:
     """A catalog directory; every method opens short connections, so a handle is cheap to keep."""
 
+    @checked(path=file_path, **_OPENING)
     def __init__(self, path: str | os.PathLike, busy_timeout: float | None = None, auto_upgrade: bool = True) -> None:
         self._store = _Store(path, busy_timeout, auto_upgrade)
 
@@ -258,6 +304,14 @@ class Catalog:
     def __repr__(self) -> str:
         return f"miwv.Catalog({str(self.path)!r})"
 
+    @checked(
+        source=source,
+        dataset=optional(text),
+        shape=optional(one_of(RECORD_SHAPES)),
+        skip_invalid=flag,
+        columns=optional(columns),
+        split=optional(text),
+    )
     def ingest(
         self,
         source: str | os.PathLike | Any,
@@ -290,6 +344,7 @@ class Catalog:
 
         return ingest_rows(self._store, source, dataset, shape=shape, skip_invalid=skip_invalid, columns=columns)
 
+    @checked(embedder=name_or_path, pooling=one_of(POOLINGS), batch_size=_COUNT, **_SEARCH, **_RAY)
     def embed(
         self,
         embedder: str = DEFAULT_EMBEDDER,
@@ -319,6 +374,7 @@ class Catalog:
         row = result.embedder
         return Embedded(row.name, row.pooling, row.dimension, result.embedded, result.total, result.seconds, linked)
 
+    @checked(embedder=optional(embedder_ref), rebuild=flag, **_SEARCH)
     def neighbours(
         self,
         embedder: str | None = None,
@@ -346,6 +402,20 @@ class Catalog:
         result: LinkResult = link_neighbours(self._store, embedder, rebuild, method, exact_limit, device)
         return _from(Linked, result)
 
+    @checked(
+        model=name_or_path,
+        embedder=optional(embedder_ref),
+        template=optional(name_or_path),
+        max_length=optional(whole(8)),
+        device=device,
+        dtype=optional(one_of(DTYPES)),
+        dataset=optional(text),
+        limit=optional(_COUNT),
+        token_budget=optional(_COUNT),
+        max_batch=optional(_COUNT),
+        gpus_per_worker=_COUNT,
+        **_RAY,
+    )
     def score(
         self,
         model: str,
@@ -393,6 +463,18 @@ class Catalog:
         )
         return _from(Scored, result)
 
+    @checked(
+        model=optional(name_or_path),
+        top_k=optional(_COUNT),
+        top_percent=optional(number(0, 100, above=True)),
+        strategy=one_of(STRATEGIES),
+        dataset=optional(text),
+        where=optional(any_text),
+        seed=whole(*INT32),
+        out=optional(file_path),
+        **_SCORES,
+        **_EXPORT,
+    )
     def select(
         self,
         model: str | None = None,
@@ -424,6 +506,7 @@ class Catalog:
         """
         from catalog.select import Request, select
 
+        at_most_one(format=format, for_=for_)
         scorer, links = self._scores_for(model, scorer_id, embedder, strategy)
         request = Request(
             strategy,
@@ -473,6 +556,7 @@ class Catalog:
 
         return list_selections(self._store)
 
+    @checked(model=name_or_path, out=file_path, **_SCORES)
     def report(
         self,
         model: str,
@@ -488,6 +572,7 @@ class Catalog:
         result = write_report(self._store, scorer.scorer_id, links.embedder_id, model, out)
         return Reported(model, result.scorer, result.summary, result.files)
 
+    @checked(query=text, timeout=optional(_SECONDS))
     def sql(self, query: str, timeout: float | None = None) -> pa.Table:
         """Run one read-only statement over the public views (samples, neighbours, miwv_scores, ...);
         it can read and write no other file. `timeout`: stop it after that many seconds."""
@@ -501,6 +586,7 @@ class Catalog:
 
         return catalog_status(self._store)
 
+    @checked(host=text, port=whole(1, 65535))
     def serve(self, host: str = "127.0.0.1", port: int = 8765) -> None:
         """Serve the read-only web explorer at http://host:port until interrupted (see README)."""
         from web.app import serve
