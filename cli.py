@@ -56,17 +56,24 @@ class Cli(click.Group):
         try:
             return super().invoke(ctx)
         except miwv.ArgumentError as error:
-            click.echo(f"Error: {error.worded(_flag_namer(self.get_command(ctx, ctx.invoked_subcommand)))}", err=True)
+            echo_error(error.worded(_flag_namer(self.get_command(ctx, ctx.invoked_subcommand))))
             ctx.exit(error.exit_code)
         except miwv.UserError as error:
-            click.echo(f"Error: {error}", err=True)
+            echo_error(str(error))
             ctx.exit(error.exit_code)
         except OSError as error:
-            click.echo(f"Error: {os_error_line(error)}", err=True)
+            echo_error(os_error_line(error))
             ctx.exit(StorageError.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted. Work committed so far is kept; run the command again to continue.", err=True)
             ctx.exit(130)
+
+
+def echo_error(text: str) -> None:
+    """The one error line on stderr; names from the catalog or a file in it are shown, not obeyed."""
+    from terminal.render import visible
+
+    click.echo(f"Error: {visible(text)}", err=True)
 
 
 def _open_here(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
@@ -100,7 +107,9 @@ def column_map(ctx: click.Context, param: click.Parameter, value: str | None) ->
 
 def _flag_namer(command: click.Command | None) -> Callable[[str], str]:
     """API argument name -> the command's flag for it ("top_k" -> "--top-k"), else the name itself."""
-    flags = {p.name: p.opts[0] for p in (command.params if command else []) if isinstance(p, click.Option)}
+    options = [p for p in (command.params if command else []) if isinstance(p, click.Option)]
+    flags = {p.opts[0].lstrip("-").replace("-", "_"): p.opts[0] for p in options}  # "format": select's --format
+    flags |= {p.name: p.opts[0] for p in options}
     return lambda name: flags.get(name, name)
 
 
@@ -186,8 +195,6 @@ def status(catalog: miwv.Catalog, as_json: bool) -> None:
         print_json(result)
         return
     print_status(result)
-    for line in result["advice"]:
-        click.echo(line)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})  # a query may start with an SQL comment: "-- ..."
@@ -209,7 +216,7 @@ def neighbour_search_options(command):
     """--method and --exact-limit, shared by `embed` and `neighbours`."""
     command = click.option(
         "--exact-limit",
-        type=click.IntRange(min=1),
+        type=int,
         default=EXACT_LIMIT,
         show_default=True,
         help="Largest catalog searched exactly under --method auto.",
@@ -232,7 +239,7 @@ def ray_options(command):
     )(command)
     return click.option(
         "--workers",
-        type=click.IntRange(min=1),
+        type=int,
         help="Run on N Ray workers started on this machine (one per GPU when there are GPUs).",
     )(command)
 
@@ -252,7 +259,7 @@ def ray_options(command):
     help="Token pooling, recorded with the vectors (mean as in the paper, whatever the model's default).",
 )
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
 @neighbour_search_options
 @ray_options
 @json_option
@@ -326,9 +333,7 @@ def neighbours(
     "(Stanford Alpaca), alpaca-lf (LLaMA-Factory's alpaca), or a Jinja chat template file (default: chat when "
     "the tokenizer has a chat template, else alpaca).",
 )
-@click.option(
-    "--max-length", type=click.IntRange(min=8), help="Longest sequence (default: the model's context, <= 4096)."
-)
+@click.option("--max-length", type=int, help="Longest sequence, at least 8 (default: the model's context, <= 4096).")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option(
     "--dtype",
@@ -338,17 +343,15 @@ def neighbours(
 @click.option("--dataset", help="Score only this dataset's samples.")
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=int,
     help="Score only the first N pool samples by sample_id (a fixed pseudo-random sample).",
 )
-@click.option(
-    "--token-budget", type=click.IntRange(min=1), help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA)."
-)
-@click.option("--max-batch", type=click.IntRange(min=1), help="Sequences per batch (default: 16 on CPU, 128 on CUDA).")
+@click.option("--token-budget", type=int, help="Padded tokens per batch (default: 2048 on CPU, 32768 on CUDA).")
+@click.option("--max-batch", type=int, help="Sequences per batch (default: 16 on CPU, 128 on CUDA).")
 @ray_options
 @click.option(
     "--gpus-per-worker",
-    type=click.IntRange(min=1),
+    type=int,
     default=1,
     show_default=True,
     help="GPUs of one node each Ray worker spreads its model over (a model too big for one GPU).",
@@ -411,10 +414,10 @@ def models(as_json: bool) -> None:
 @click.option("--model", help="Whose scores rank the pool (required except for --strategy random).")
 @click.option(
     "--top-percent",
-    type=click.FloatRange(min=0, min_open=True, max=100),
-    help="Keep K% of the pool size (rounded half up, at least 1).",
+    type=float,
+    help="Keep K% of the pool size, 0 < K <= 100 (rounded half up, at least 1 sample).",
 )
-@click.option("--top-k", type=click.IntRange(min=1), help="Keep K samples.")
+@click.option("--top-k", type=int, help="Keep K samples.")
 @click.option(
     "--strategy",
     type=click.Choice(list(STRATEGIES)),
@@ -534,7 +537,7 @@ def report(
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to listen on (default: this machine only)."
 )
-@click.option("--port", type=click.IntRange(1, 65535), default=8765, show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True, help="Port to listen on, 1-65535.")
 @click.pass_obj
 def serve(catalog: miwv.Catalog, host: str, port: int) -> None:
     """Explore the catalog in a browser: samples, neighbours, scores, selections (read-only)."""
