@@ -18,6 +18,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from terminal.render import visible
+
 T = TypeVar("T")
 _console = Console(stderr=True)
 
@@ -46,7 +48,7 @@ class Meter:
         self, description: str, total: int, unit: str, second_unit: str | None = None, enabled: bool = True
     ) -> None:
         columns = [
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),  # it may name a user's file: shown, not obeyed
             BarColumn(),
             MofNCompleteColumn(),
             TaskProgressColumn(),
@@ -57,7 +59,7 @@ class Meter:
         if second_unit:
             columns.append(_Rate(second_unit, field="second"))
         self._progress = Progress(*columns, console=_console, disable=not enabled)
-        self._task = self._progress.add_task(description, total=total, second=0)
+        self._task = self._progress.add_task(visible(description), total=total, second=0)
 
     def __enter__(self) -> Meter:
         self._progress.start()

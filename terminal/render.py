@@ -1,18 +1,42 @@
-"""Terminal output: tables for people, CSV and JSON for scripts."""
+"""Terminal output: tables for people, CSV and JSON for scripts.
+
+Catalog data is untrusted (sample text, dataset, file and model names come from the user's
+files): the human views print it as rich Text, never as markup, and through visible(), so no
+escape sequence, control or bidi character reaches the terminal. CSV and JSON print it as stored.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+import unicodedata
 from datetime import datetime
 from typing import Any
 
 import pyarrow as pa
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 TABLE_ROWS = 500  # rows shown as a table; --csv/--json print everything
 CELL_CHARS = 80
+_SHOWN = {"\n": "⏎", "\t": "\\t", "\r": "\\r"}
+_HIDDEN = ("Cc", "Cf", "Cs", "Zl", "Zp")  # controls, format (bidi, zero-width), surrogates, line/paragraph separators
+_JOINERS = ("\u200c", "\u200d")  # format characters that only join glyphs (emoji, Indic and Arabic scripts)
+
+
+def visible(text: str) -> str:
+    """`text` with each character a terminal would obey, or that reorders or hides what it shows,
+    written out: newline as ⏎, the others as Python escapes (\\x1b, \\x9b, \\u202e)."""
+    if text.isprintable():
+        return text
+    return "".join(_visible_char(c) for c in text)
+
+
+def _visible_char(c: str) -> str:
+    if c in _JOINERS or unicodedata.category(c) not in _HIDDEN:
+        return c
+    return _SHOWN.get(c) or ascii(c)[1:-1]
 
 
 def _console() -> Console:
@@ -20,24 +44,28 @@ def _console() -> Console:
     return Console(file=sys.stdout, soft_wrap=False, width=max(Console().width, 160))
 
 
-def _cell(value: Any) -> str:
+def _plain(value: Any) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, datetime):
         return value.isoformat(sep=" ", timespec="seconds")
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    text = text.replace("\n", "⏎")
-    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _cell(value: Any) -> Text:
+    """A table cell: plain text (never markup), control characters shown, cut to CELL_CHARS."""
+    text = visible(_plain(value)[: CELL_CHARS + 1])  # one more than fits, so a cut is always marked
+    return Text(text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…")
 
 
 def print_rows(rows: list[dict[str, Any]], title: str | None = None, columns: list[str] | None = None) -> None:
     """Print dicts as a table, first TABLE_ROWS of them."""
     columns = columns or (list(rows[0]) if rows else [])
-    table = Table(title=title, title_justify="left", show_lines=False)
+    table = Table(title=title and Text(visible(title)), title_justify="left", show_lines=False)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(Text(visible(column)), overflow="fold")
     for row in rows[:TABLE_ROWS]:
         table.add_row(*(_cell(row.get(column)) for column in columns))
     _console().print(table)
@@ -74,8 +102,8 @@ def print_json(value: Any) -> None:
 
 
 def print_status(status: dict[str, Any]) -> None:
-    """The `status` command's human view: one table per section that has rows."""
-    _console().print(f"catalog {status['catalog']}: {status['samples']} samples")
+    """The `status` command's human view: one table per section that has rows, then its advice."""
+    _line(f"catalog {status['catalog']}: {status['samples']} samples")
     sections = {
         "datasets": ("datasets (only_here: samples in no other dataset)", None),
         "ingests": (
@@ -114,13 +142,15 @@ def print_status(status: dict[str, Any]) -> None:
     for key, (title, columns) in sections.items():
         if status.get(key):
             print_rows(status[key], title=title, columns=columns)
+    for advice in status["advice"]:
+        _line(advice)
 
 
 # One line per API result (miwv.py), for people; --json prints the result's as_dict() instead.
 
 
 def _line(text: str) -> None:
-    sys.stdout.write(text + "\n")
+    sys.stdout.write(visible(text) + "\n")
 
 
 def print_ingested(result) -> None:
@@ -168,6 +198,8 @@ def print_selection(result) -> None:
     if result.output:
         written = result.output
         _line(f"wrote {written.rows} samples ({written.shape}, {written.file_format}) to {written.path}")
+        if written.note:
+            _line(f"note: {written.note}")
 
 
 def print_report(result) -> None:
