@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalog import db
+from catalog.errors import UserError
+from catalog.export import MARKER, check_ours, staged
 from catalog.store import Catalog
 
 ALL = "(all)"
@@ -50,7 +52,10 @@ SUMMARY_SQL = """
 
 
 def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str, out_dir: str | Path) -> Report:
-    """Write summary.md, miwv_histogram.png and losses.png to `out_dir`."""
+    """Write summary.md, miwv_histogram.png and losses.png to the folder `out_dir`: a new one, or one
+    a report or export wrote (it is replaced whole), never inside the catalog. The files are written
+    to a staging folder beside it first, so a failure leaves `out_dir` as it was."""
+    out = check_out(catalog, out_dir)
     params = {"scorer": scorer_id, "embedder": embedder_id}
     with catalog.read() as conn:
         summary = db.records(conn, SUMMARY_SQL, {**params, "all": ALL})
@@ -65,13 +70,26 @@ def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str,
             WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'""",
             params,
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     scorer = f"scorer {scorer_id}: template {template} (revision {revision})"
-    files = [_markdown(summary, model, scorer, out / "summary.md")]
-    if points:
-        files += [_histogram(points, model, out / "miwv_histogram.png"), _losses(points, model, out / "losses.png")]
-    return Report(summary, files, scorer)
+    with staged(out) as stage:
+        stage.path.mkdir()
+        (stage.path / MARKER).write_text("written by miwv-catalog `report --out`; it may replace this folder\n")
+        written = [_markdown(summary, model, scorer, stage.path / "summary.md")]
+        if points:
+            written += [
+                _histogram(points, model, stage.path / "miwv_histogram.png"),
+                _losses(points, model, stage.path / "losses.png"),
+            ]
+    return Report(summary, [out / path.name for path in written], scorer)
+
+
+def check_out(catalog: Catalog, out_dir: str | Path) -> Path:
+    """`out_dir` if a report may be written there (see write_report), else a UserError saying why."""
+    out = Path(out_dir)
+    check_ours(catalog, out, "no report was written")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is not a folder; give a new folder name (no report was written)")
+    return out
 
 
 def _markdown(summary: list[dict], model: str, scorer: str, path: Path) -> Path:
