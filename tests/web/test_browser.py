@@ -44,6 +44,33 @@ def server(explored: Path):
     thread.join(10)
 
 
+# Selenium and Chromium never try the network. Selenium Manager (it downloads drivers and sends
+# usage statistics) is never run, as the installed driver is given; were it run anyway, it would
+# fail at once (SE_MANAGER_PATH names no file), and SE_OFFLINE / SE_AVOID_STATS keep it off the
+# network. Chromium's background services are off and it reaches no host but the test server's.
+NO_NETWORK_ENV = {
+    "SE_AVOID_STATS": "true",
+    "SE_OFFLINE": "true",
+    "SE_MANAGER_PATH": "/nonexistent/selenium-manager-must-not-run",
+}
+CHROMIUM_ARGUMENTS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-default-apps",
+    "--disable-domain-reliability",
+    "--disable-sync",
+    "--no-default-browser-check",
+    "--no-first-run",
+    "--no-pings",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+)
+
+
 @pytest.fixture(scope="module")
 def browser():
     chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
@@ -53,13 +80,15 @@ def browser():
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+    for argument in CHROMIUM_ARGUMENTS:
         options.add_argument(argument)
-    options.add_argument("--window-size=1400,1000")
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
-    driver.implicitly_wait(5)
-    yield driver
-    driver.quit()
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in NO_NETWORK_ENV.items():
+            env.setenv(name, value)
+        driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+        driver.implicitly_wait(5)
+        yield driver
+        driver.quit()
 
 
 def shoot(browser, name: str) -> None:
@@ -184,3 +213,19 @@ def test_sample_html_runs_nothing(browser, server: str, hostile_id: int) -> None
     ActionChains(browser).move_to_element(point).perform()
     assert "<img src=x onerror=" in browser.find_element(By.ID, "tip").text
     untouched()
+
+
+def test_selenium_manager_never_runs_and_chromium_reaches_no_outside_host(browser) -> None:
+    from selenium import webdriver
+    from selenium.common.exceptions import NoSuchDriverException, WebDriverException
+    from selenium.webdriver.common.by import By
+
+    assert browser.service.path == shutil.which("chromedriver")  # the installed driver, not a download
+    assert {name: os.environ.get(name) for name in NO_NETWORK_ENV} == NO_NETWORK_ENV
+    with pytest.raises(NoSuchDriverException):  # the browser above started where Selenium Manager cannot run
+        webdriver.Chrome(options=webdriver.ChromeOptions())
+    browser.get("chrome://version")
+    command_line = browser.find_element(By.ID, "command_line").text
+    assert all(argument.split("=")[0] in command_line for argument in CHROMIUM_ARGUMENTS)
+    with pytest.raises(WebDriverException, match="ERR_NAME_NOT_RESOLVED"):  # mapped to "not found": never looked up
+        browser.get("http://example.com/")
