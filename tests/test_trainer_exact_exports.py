@@ -125,6 +125,8 @@ def test_llamafactory_trains_the_ids_alpaca_lf_scored(lf_catalog, smollm2, tmp_p
         )
         scored_prompt, scored = scored_zero_shot(tokenizer, "alpaca-lf", record)
         assert prompt == scored_prompt, record
+        # and the user's own row, trained by LLaMA-Factory as it is, is what was scored too
+        assert llama_factory_alpaca_ids(tokenizer, conversation_llama_factory_builds(record))[0] == scored_prompt
         # LLaMA-Factory trains the scored ids, then EOS and "\n\n" (both trained): the scorer scores the response alone
         assert trained == scored + [tokenizer.eos_token_id] + tokenizer.encode("\n\n", add_special_tokens=False)
 
