@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from catalog import db
+from catalog import db, lifecycle
 from catalog.choices import COLUMN_TARGETS
 from catalog.datasets import dataset_name
 from catalog.errors import ArgumentError, InvalidInput
@@ -49,6 +49,12 @@ class IngestResult:
     rows_duplicate: int
     rows_rejected: int
     seconds: float
+    replace: bool = False
+    rows_in: int = 0  # rows that joined the dataset
+    rows_out: int = 0  # with replace: members the file no longer holds, which left the dataset
+    samples_retired: int = 0  # of those, samples now in no dataset
+    links_to_repair: int = 0  # samples whose example was retired: `embed` links them anew
+    version: int = 0  # the dataset's version this ingest made
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -62,6 +68,7 @@ def ingest_file(
     skip_invalid: bool = False,
     columns: dict[str, str] | None = None,
     split: str | None = None,
+    replace: bool = False,
 ) -> IngestResult:
     """Add the samples of `path` to `catalog` as members of `dataset`.
 
@@ -75,12 +82,14 @@ def ingest_file(
         skip_invalid: ingest the valid rows and record the invalid ones, instead of refusing the source.
         columns: {target: source field} renames applied before anything else (see COLUMN_TARGETS).
         split: the split of a DatasetDict, an hf: dataset or a folder of shards.
+        replace: make the dataset's members exactly the source's valid rows: the others leave it
+            (catalog.lifecycle); rows that stay keep their ids, vectors and scores.
     """
     path = os.fspath(path)
     if dataset is not None:
         dataset_name(dataset)  # before reading what may be a large source
     source = _open(path, split)
-    return _ingest(catalog, source, dataset or _default_dataset(path), shape, skip_invalid, columns)
+    return _ingest(catalog, source, dataset or _default_dataset(path), shape, skip_invalid, columns, replace)
 
 
 def ingest_rows(
@@ -91,13 +100,14 @@ def ingest_rows(
     skip_invalid: bool = False,
     columns: dict[str, str] | None = None,
     source: str = "<rows>",
+    replace: bool = False,
 ) -> IngestResult:
     """Add in-memory `rows` (a list or iterable of dicts, a pandas DataFrame, a pyarrow Table or a
     datasets.Dataset) to `catalog`, validated and written exactly as `ingest_file` does; `source`
     names them in messages and in ingest_batch.path."""
     from catalog.memory_rows import memory_rows
 
-    return _ingest(catalog, memory_rows(rows, source), dataset_name(dataset), shape, skip_invalid, columns)
+    return _ingest(catalog, memory_rows(rows, source), dataset_name(dataset), shape, skip_invalid, columns, replace)
 
 
 def _default_dataset(path: str) -> str:
@@ -123,7 +133,13 @@ def _open(path: str, split: str | None) -> RowSource:
 
 
 def _ingest(
-    catalog: Catalog, source: RowSource, dataset: str, shape: str | None, skip_invalid: bool, columns: dict | None
+    catalog: Catalog,
+    source: RowSource,
+    dataset: str,
+    shape: str | None,
+    skip_invalid: bool,
+    columns: dict | None,
+    replace: bool,
 ) -> IngestResult:
     started = time.monotonic()
     started_at = db.utcnow()
@@ -161,7 +177,15 @@ def _ingest(
         table = _sample_table(list(samples.values()), ingest_id, started_at)
         with db.registered(conn, "incoming", table):
             rows_new = db.execute(conn, _INSERT_NEW_SAMPLES)[0][0]
-            db.execute(conn, _INSERT_MEMBERSHIPS, {"dataset": dataset, "ingest_id": ingest_id})
+            rows_in = db.execute(conn, _INSERT_MEMBERSHIPS, {"dataset": dataset, "ingest_id": ingest_id})[0][0]
+            change_id = lifecycle.record_change(conn, "replace" if replace else "ingest", source.location, ingest_id)
+            left = (
+                lifecycle.leave(conn, db.query_arrow(conn, _NOT_IN_SOURCE, {"dataset": dataset}), change_id)
+                if replace
+                else None
+            )
+        rows_out = left.rows_out if left else {}
+        versions = lifecycle.record_versions(conn, change_id, {dataset: rows_in}, rows_out)
         if rejects:
             db.insert_arrow(conn, "ingest_reject", _reject_table(rejects, ingest_id))
         result = IngestResult(
@@ -175,8 +199,14 @@ def _ingest(
             rows_duplicate=valid - rows_new,
             rows_rejected=len(rejects),
             seconds=round(time.monotonic() - started, 3),
+            replace=replace,
+            rows_in=rows_in,
+            rows_out=rows_out.get(dataset, 0),
+            samples_retired=len(left.retired) if left else 0,
+            links_to_repair=left.orphans.num_rows if left else 0,
+            version=versions[dataset],
         )
-        batch = {k: v for k, v in result.as_dict().items() if k != "seconds"}
+        batch = {k: v for k, v in result.as_dict().items() if k in _BATCH_FIELDS}
         db.execute(
             conn,
             _INSERT_BATCH,
@@ -199,6 +229,19 @@ _INSERT_MEMBERSHIPS = """
     FROM incoming
     WHERE sample_id NOT IN (SELECT sample_id FROM membership WHERE dataset = $dataset)
 """
+
+# With replace: the dataset's members that the source does not hold.
+_NOT_IN_SOURCE = """
+    SELECT sample_id, dataset FROM membership
+    WHERE dataset = $dataset AND sample_id NOT IN (SELECT sample_id FROM incoming)
+"""
+
+_BATCH_FIELDS = ("ingest_id", "path", "dataset", "file_format", "record_shape") + (
+    "rows_read",
+    "rows_new",
+    "rows_duplicate",
+    "rows_rejected",
+)
 
 _INSERT_BATCH = """
     INSERT INTO ingest_batch (ingest_id, path, dataset, file_format, record_shape, file_sha256, started_at,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import pyarrow as pa
 from catalog.errors import StorageError
 
 ANN_METRIC = "cosine"
+_DELETE_CHUNK = 10_000  # ids per delete predicate
 
 
 class VectorTable:
@@ -104,6 +107,20 @@ class VectorTable:
         vectors = data["vector"].combine_chunks().flatten().to_numpy().reshape(len(ids), self.dimension)
         ids, first = np.unique(ids, return_index=True)  # sorted; a vector written twice counts once
         return ids, vectors[first]
+
+    def delete(self, sample_ids: np.ndarray) -> None:
+        """Delete the vectors of `sample_ids` for good: also from the table's older versions and the
+        files only they used (a purge; a reader of an old version at that moment would fail)."""
+        table = self._open()
+        if table is None:
+            return
+        with lance_errors(self.folder):
+            for start in range(0, len(sample_ids), _DELETE_CHUNK):
+                listed = ", ".join(str(int(i)) for i in sample_ids[start : start + _DELETE_CHUNK])
+                table.delete(f"sample_id IN ({listed})")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # it warns that older versions go: we want that
+                table.optimize(cleanup_older_than=timedelta(0), delete_unverified=True)
 
     def compact(self) -> None:
         """Merge the small fragments that batch appends leave behind."""
