@@ -162,6 +162,24 @@ def seed_0008(conn) -> None:
     )
 
 
+def seed_0009(conn) -> None:
+    """The last 5 seeded samples left dataset 'mix' (change 2, a removal): retired, their memberships
+    kept as history, the dataset at version 2; one of them purged (change 3)."""
+    db.execute(
+        conn,
+        """INSERT INTO catalog_change VALUES (2, 'remove', NULL, 'where n_turns = 1', '2026-11-09 10:00:00', true),
+                                             (3, 'purge', NULL, 'purge', '2026-11-09 11:00:00', true)""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO membership_left SELECT sample_id, dataset, 2, ingest_id, source_row FROM membership
+                        WHERE sample_id IN (SELECT sample_id FROM sample ORDER BY sample_id DESC LIMIT 5)""",
+    )
+    db.execute(conn, "DELETE FROM membership WHERE sample_id IN (SELECT sample_id FROM membership_left)")
+    db.execute(conn, "INSERT INTO dataset_version VALUES ('mix', 2, 2, 0, 5, 175)")
+    db.execute(conn, "INSERT INTO purged_sample SELECT min(sample_id), 3 FROM membership_left")
+
+
 SEEDS = {
     "0001": seed_0001,
     "0002": seed_0002,
@@ -171,6 +189,7 @@ SEEDS = {
     "0006": seed_0006,
     "0007": seed_0007,
     "0008": seed_0008,
+    "0009": seed_0009,
 }
 
 
@@ -292,6 +311,57 @@ def test_0008_leaves_the_template_text_of_earlier_scorers_unknown(tmp_path):
     assert new.template_text == "USER: {{ messages[-1].content }}"
     with Catalog(path).read() as conn:
         assert db.execute(conn, "SELECT template_text FROM scorer WHERE scorer_id = 3") == [(new.template_text,)]
+
+
+def test_0009_gives_each_earlier_ingest_a_change_and_a_dataset_version(tmp_path):
+    """Each batch becomes an 'ingest' change (its id, its finish time) and a version of its dataset
+    with the rows it brought in; a selection gets the last change before it; then removal works on
+    the upgraded catalog's old rows, links and scores."""
+    from catalog import lifecycle
+
+    path = tmp_path / "old"
+    seeded_at(path, "0008")
+    with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
+        db.execute(
+            conn,
+            """INSERT INTO ingest_batch VALUES (2, '/data/extra.jsonl', 'extra', 'jsonl', 'alpaca', 'def',
+                            '2026-11-06 10:00:00', '2026-11-06 10:00:01', 5, 0, 5, 0)""",
+        )
+        db.execute(
+            conn,
+            "INSERT INTO membership SELECT sample_id, 'extra', 2, row_number() OVER () FROM sample "
+            "ORDER BY sample_id LIMIT 5",
+        )
+        migrate.upgrade(conn, "0009")
+        changes = db.execute(conn, "SELECT change_id, kind, ingest_id, detail, created_at FROM catalog_change")
+        versions = db.execute(conn, "SELECT * FROM dataset_version ORDER BY change_id")
+        selections = db.execute(conn, "SELECT selection_id, pool_change_id, pool_versions FROM selection")
+    assert [row[:4] for row in changes] == [
+        (1, "ingest", 1, "/data/mixed_180.jsonl"),
+        (2, "ingest", 2, "/data/extra.jsonl"),
+    ]
+    assert str(changes[0][4]) == "2026-11-01 10:00:01"
+    assert versions == [("mix", 1, 1, 180, 0, 180), ("extra", 1, 2, 5, 0, 5)]
+    assert selections == [(1, 1, None)]  # selected on 11-04: after batch 1, before batch 2
+
+    catalog = Catalog(path)
+    removed = lifecycle.remove(catalog, dataset="extra")
+    assert (removed.memberships_out, removed.samples_retired) == (5, 0)  # they stay in 'mix'
+    with catalog.read() as conn:
+        ids = [r[0] for r in db.execute(conn, "SELECT sample_id FROM sample ORDER BY sample_id LIMIT 2 OFFSET 1")]
+    ids_file = tmp_path / "ids.txt"
+    ids_file.write_text("\n".join(map(str, ids)) + "\n")
+    removed = lifecycle.remove(catalog, ids=ids_file)
+    assert (removed.memberships_out, removed.samples_retired, removed.links_to_repair) == (2, 2, 1)  # its predecessor
+    with catalog.read() as conn:
+        touching = "SELECT count(*) FROM {} WHERE sample_id IN ($a, $b) OR neighbour_id IN ($a, $b)"
+        for table in ("neighbour_link", "score_current"):
+            assert db.execute(conn, touching.format(table), {"a": ids[0], "b": ids[1]}) == [(0,)], table
+        assert db.execute(conn, "SELECT count(*) FROM samples") == [(178,)]
+    assert [(h["dataset"], h["version"], h["kind"], h["rows_out"]) for h in lifecycle.history(catalog)][-2:] == [
+        ("extra", 2, "remove", 5),
+        ("mix", 2, "remove", 2),
+    ]
 
 
 def test_every_revision_has_a_seed_so_the_next_one_is_tested_with_data():
