@@ -179,11 +179,10 @@ def _ingest(
             rows_new = db.execute(conn, _INSERT_NEW_SAMPLES)[0][0]
             rows_in = db.execute(conn, _INSERT_MEMBERSHIPS, {"dataset": dataset, "ingest_id": ingest_id})[0][0]
             change_id = lifecycle.record_change(conn, "replace" if replace else "ingest", source.location, ingest_id)
-            left = (
-                lifecycle.leave(conn, db.query_arrow(conn, _NOT_IN_SOURCE, {"dataset": dataset}), change_id)
-                if replace
-                else None
-            )
+            left = None
+            if replace:
+                not_in_source = db.query_arrow(conn, _NOT_IN_SOURCE, {"dataset": dataset})
+                left = lifecycle.leave(conn, lifecycle.plan_leaving(conn, not_in_source), change_id)
         rows_out = left.rows_out if left else {}
         versions = lifecycle.record_versions(conn, change_id, {dataset: rows_in}, rows_out)
         if rejects:

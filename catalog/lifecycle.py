@@ -90,7 +90,7 @@ def record_versions(conn: sa.Connection, change_id: int, rows_in: dict[str, int]
 
 
 @dataclass(frozen=True)
-class _Plan:
+class Leaving:
     """The membership rows that leave, and what their leaving does."""
 
     leaving: pa.Table  # (sample_id, dataset): current membership rows
@@ -100,7 +100,7 @@ class _Plan:
     rows_out: dict[str, int]
 
 
-def _plan(conn: sa.Connection, candidates: pa.Table) -> _Plan:
+def plan_leaving(conn: sa.Connection, candidates: pa.Table) -> Leaving:
     """Which of `candidates` (sample_id, dataset) are current memberships, and what leaving costs."""
     with db.registered(conn, "_candidates", candidates):
         leaving = db.query_arrow(
@@ -131,14 +131,13 @@ def _plan(conn: sa.Connection, candidates: pa.Table) -> _Plan:
                 """SELECT count(*) FROM score_current c
                    SEMI JOIN _orphans o ON o.sample_id = c.sample_id AND o.embedder_id = c.embedder_id""",
             )[0][0]
-    return _Plan(leaving, retired, orphans, stale, rows_out)
+    return Leaving(leaving, retired, orphans, stale, rows_out)
 
 
-def leave(conn: sa.Connection, candidates: pa.Table, change_id: int) -> _Plan:
-    """End the memberships among `candidates`: retire samples left in no dataset, drop their links,
-    the links that point at them and the current scores those links carried. Inside the caller's
-    transaction; the caller records the dataset versions."""
-    plan = _plan(conn, candidates)
+def leave(conn: sa.Connection, plan: Leaving, change_id: int) -> Leaving:
+    """Carry out `plan` (made in this transaction): end its memberships, retire samples left in no
+    dataset, drop their links, the links that point at them and the current scores those links
+    carried. The caller records the dataset versions."""
     with (
         db.registered(conn, "_leaving", plan.leaving),
         db.registered(conn, "_retired", pa.table({"sample_id": pa.array(plan.retired, pa.int64())})),
@@ -207,7 +206,7 @@ def _remove(catalog, dataset, wanted_ids, matched, everything, purge, dry_run, d
     with catalog.read() if dry_run else catalog.write() as conn:
         require_dataset(conn, dataset)
         candidates = _candidates(conn, dataset, wanted_ids, matched, everything)
-        plan = _plan(conn, candidates)
+        plan = plan_leaving(conn, candidates)
         if selected:
             _refuse_removing_everything(conn, plan, everything, dry_run)
         retired_before = db.execute(conn, _RETIRED_COUNT)[0][0] if purge else 0
@@ -217,7 +216,7 @@ def _remove(catalog, dataset, wanted_ids, matched, everything, purge, dry_run, d
         if dry_run:
             return _summary(plan, None, to_purge, _dataset_effects(conn, plan.rows_out, None), started)
         change_id = record_change(conn, "purge" if purge and not plan.leaving.num_rows else "remove", detail)
-        leave(conn, candidates, change_id)
+        leave(conn, plan, change_id)
         versions = record_versions(conn, change_id, {}, plan.rows_out)
         datasets = _dataset_effects(conn, plan.rows_out, versions)
         purged = _purge_rows(conn, change_id) if purge else 0
@@ -227,7 +226,7 @@ def _remove(catalog, dataset, wanted_ids, matched, everything, purge, dry_run, d
     return _summary(plan, change_id, purged, datasets, started)
 
 
-def _summary(plan: _Plan, change_id: int | None, purged: int, datasets: list[dict], started: float) -> Removal:
+def _summary(plan: Leaving, change_id: int | None, purged: int, datasets: list[dict], started: float) -> Removal:
     """The Removal of `plan`: written as `change_id`, or a dry run when that is None."""
     return Removal(
         dry_run=change_id is None,
@@ -319,7 +318,7 @@ def _candidates(conn, dataset: str | None, ids, matched, everything: bool) -> pa
         ).cast(LEAVING)
 
 
-def _refuse_removing_everything(conn, plan: _Plan, everything: bool, dry_run: bool) -> None:
+def _refuse_removing_everything(conn, plan: Leaving, everything: bool, dry_run: bool) -> None:
     current = db.execute(conn, "SELECT count(DISTINCT sample_id) FROM membership")[0][0]
     if current and len(plan.retired) == current and not everything and not dry_run:
         raise UserError(
