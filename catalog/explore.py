@@ -4,6 +4,9 @@ Every statement is run with its values inlined as SQL literals, so the text a pa
 under a table is exactly the text that ran, and a user can paste it into `cli.py sql`.
 Each function takes one read-only connection (opened per page request: a page reads one
 consistent state, and the next request sees whatever a running job has committed since).
+
+Pages show current samples only (`samples`, `membership`, `score_current` hold no retired ones);
+the history of what left is read from the `dataset_versions` and `departures` views.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from catalog.errors import UserError
 from catalog.query import one_condition, run_read_only
 from catalog.report import ALL, SUMMARY_SQL
 from catalog.score import find_scorer
+from catalog.select import MEMBERS_GONE, POOL_STATE
 from catalog.status import DATASETS_SQL, EMBEDDERS_SQL, INGESTS_SQL, SCORES_SQL, catalog_status
 from catalog.store import Catalog
 
@@ -108,11 +112,23 @@ NEIGHBOUR_RUNS_SQL = """
 """
 
 
-def overview(catalog: Catalog, conn: sa.Connection, runs: int = 10) -> tuple[int, dict[str, Table]]:
-    """The facts of `cli.py status` (sample count, and its tables with their statements), then the
-    last score and neighbour runs, newest first (read through `conn`)."""
+# The last changes of dataset memberships (ingest, replace, remove, purge), newest first.
+HISTORY_SQL = """
+    SELECT dataset, version, kind, rows_in, rows_out, members, detail,
+           strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at, change_id
+    FROM dataset_versions ORDER BY change_id DESC, dataset LIMIT $limit
+"""
+
+
+def overview(catalog: Catalog, conn: sa.Connection, runs: int = 10) -> tuple[dict[str, Any], dict[str, Table]]:
+    """The facts of `cli.py status` (current samples, retired, purged, advice) and its tables with
+    their statements, then the last dataset versions, score runs and neighbour runs, newest first
+    (read through `conn`)."""
     facts = catalog_status(catalog)
-    lance = "-- embedded, not_linked: counted from the embedder's LanceDB table (vectors/embedder_<id>)\n"
+    lance = (
+        "-- embedded, not_linked: the current samples with a vector in the embedder's LanceDB table "
+        "(vectors/embedder_<id>)\n"
+    )
     tables = {
         name: Table(name, (_tidy(sql),), list(facts[name][0]) if facts[name] else [], facts[name])
         for name, sql in (
@@ -122,9 +138,10 @@ def overview(catalog: Catalog, conn: sa.Connection, runs: int = 10) -> tuple[int
             ("ingests", INGESTS_SQL),
         )
     }
+    tables["history"] = fetch(conn, "history", HISTORY_SQL, {"limit": 2 * runs})
     tables["score_runs"] = fetch(conn, "score_runs", SCORE_RUNS_SQL, {"limit": runs})
     tables["neighbour_runs"] = fetch(conn, "neighbour_runs", NEIGHBOUR_RUNS_SQL, {"limit": runs})
-    return facts["samples"], tables
+    return {key: facts[key] for key in ("samples", "retired", "purged", "advice")}, tables
 
 
 # ---- which scores a page shows ------------------------------------------------------------
@@ -487,6 +504,25 @@ SAMPLE_SCORES_SQL = """
     ORDER BY m.scorer_id, m.embedder_id
 """
 
+# A retired sample: its row, as the `samples` view would show it, with no datasets.
+RETIRED_SAMPLE_SQL = """
+    SELECT sample_id, []::VARCHAR[] AS datasets, instruction, input, output, messages, user_text,
+           messages[-1].content AS response, n_turns, extra, created_at, ingest_id
+    FROM sample WHERE sample_id = $id
+"""
+
+# When and why the sample left each dataset it left (a current sample may have left some too).
+DEPARTURES_SQL = """
+    SELECT dataset, kind, detail, strftime(left_at, '%Y-%m-%d %H:%M:%S') AS left_at, change_id
+    FROM departures WHERE sample_id = $id ORDER BY change_id, dataset
+"""
+
+PURGED_SQL = """
+    SELECT p.change_id, c.detail, strftime(c.created_at, '%Y-%m-%d %H:%M:%S') AS purged_at
+    FROM purged_sample p JOIN catalog_change c USING (change_id)
+    WHERE p.sample_id = $id ORDER BY p.change_id DESC
+"""
+
 MEMBER_OF_SQL = """
     SELECT m.selection_id, s.strategy, s.model, m.rank, m.score, s.selected,
            strftime(s.created_at, '%Y-%m-%d %H:%M:%S') AS created_at
@@ -495,27 +531,43 @@ MEMBER_OF_SQL = """
 """
 
 
-def sample_tables(conn: sa.Connection, sample_id: int) -> dict[str, Table]:
-    """The sample, its neighbour under each embedder, its scores under every model (with ranks),
-    and the selections that hold it; NotFound if the catalog has no such sample."""
+def sample_tables(conn: sa.Connection, sample_id: int) -> tuple[str, dict[str, Table]]:
+    """The sample's state (current, retired or purged) and its tables: a current sample's row, its
+    neighbour under each embedder and its scores under every model (with ranks); a retired
+    sample's row (it has no neighbour and no score); a purged sample's purge (only its id
+    remains); and for each, the datasets it left and the selections that held it. NotFound if
+    the catalog never had the sample."""
     params = {"id": sample_id}
-    sample = fetch(conn, "sample", SAMPLE_SQL, params)
-    if not sample.rows:
-        raise NotFound(f"no sample {sample_id} in the catalog")
-    return {
-        "sample": sample,
-        "neighbours": fetch(conn, "neighbours", NEIGHBOURS_SQL, params),
-        "scores": fetch(conn, "scores", SAMPLE_SCORES_SQL, params),
+    history = {
+        "departures": fetch(conn, "departures", DEPARTURES_SQL, params),
         "selections": fetch(conn, "selections", MEMBER_OF_SQL, params),
     }
+    sample = fetch(conn, "sample", SAMPLE_SQL, params)
+    if sample.rows:
+        return "current", {
+            "sample": sample,
+            "neighbours": fetch(conn, "neighbours", NEIGHBOURS_SQL, params),
+            "scores": fetch(conn, "scores", SAMPLE_SCORES_SQL, params),
+            **history,
+        }
+    retired = fetch(conn, "sample", RETIRED_SAMPLE_SQL, params)
+    if retired.rows:
+        return "retired", {"sample": retired, **history}
+    purged = fetch(conn, "purged", PURGED_SQL, params)
+    if purged.rows:
+        return "purged", {"purged": purged, **history}
+    raise NotFound(f"no sample {sample_id} in the catalog")
 
 
 # ---- selections ---------------------------------------------------------------------------
 
-SELECTIONS_SQL = """
+# pool_changed, members_gone: see catalog.select.POOL_STATE.
+SELECTIONS_SQL = f"""
+    WITH {MEMBERS_GONE}
     SELECT selection_id, strategy, model, scorer_id, embedder, top_k, top_percent, seed, dataset, pool_where,
-           pool_size, eligible, selected, output, strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at
-    FROM selection ORDER BY selection_id DESC
+           pool_size, eligible, selected, output, strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at,
+           {POOL_STATE}
+    FROM selection s LEFT JOIN gone USING (selection_id) ORDER BY selection_id DESC
 """
 
 DIFF_SUMMARY_SQL = """
@@ -532,13 +584,17 @@ DIFF_SUMMARY_SQL = """
     FROM sides
 """
 
-# side: 'a' (only in A), 'b' (only in B) or 'both'; ordered by rank in A, then in B.
+# side: 'a' (only in A), 'b' (only in B) or 'both'; ordered by rank in A, then in B. Members
+# that left the catalog since stay listed: `state` says current, retired or purged (no text left).
 DIFF_ROWS_SQL = """
     SELECT coalesce(a.sample_id, b.sample_id) AS sample_id, a.rank AS rank_a, b.rank AS rank_b,
-           a.score AS score_a, b.score AS score_b, left(s.user_text, 160) AS user_text
+           a.score AS score_a, b.score AS score_b, left(s.user_text, 160) AS user_text,
+           CASE WHEN s.sample_id IS NULL THEN 'purged'
+                WHEN EXISTS (SELECT 1 FROM membership m WHERE m.sample_id = s.sample_id) THEN 'current'
+                ELSE 'retired' END AS state
     FROM (SELECT * FROM selection_member WHERE selection_id = $a) a
     FULL JOIN (SELECT * FROM selection_member WHERE selection_id = $b) b USING (sample_id)
-    JOIN samples s ON s.sample_id = coalesce(a.sample_id, b.sample_id)
+    LEFT JOIN sample s ON s.sample_id = coalesce(a.sample_id, b.sample_id)
     WHERE CASE $side WHEN 'a' THEN b.sample_id IS NULL WHEN 'b' THEN a.sample_id IS NULL
                      ELSE a.sample_id IS NOT NULL AND b.sample_id IS NOT NULL END
     ORDER BY a.rank NULLS LAST, b.rank

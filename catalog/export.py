@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -136,10 +136,13 @@ def write_samples(
             scores of `scorer_id` with `embedder_id`'s neighbours).
 
     A `llamafactory` target is a folder LLaMA-Factory trains from directly (see _write_llamafactory).
+    Only current samples are written: members of a recorded selection that have left the catalog
+    since (retired or purged) are left out, and the note says how many.
     """
     rows, template = _rows(catalog, sample_ids, scorer_id, embedder_id)
+    gone = _gone(len(sample_ids), len(rows))
     if target.file_format == "llamafactory":
-        return _write_llamafactory(rows, template, target, path, shape, with_scores)
+        return _with_note(_write_llamafactory(rows, template, target, path, shape, with_scores), gone)
     shape, records = _shaped_records(rows, template, shape, with_scores)
     if target.file_format == "jsonl":
         _write_jsonl(path, records)
@@ -156,7 +159,25 @@ def write_samples(
             datasets.disable_progress_bars()
             datasets.Dataset(InMemoryTable(table)).save_to_disk(str(path))
             (path / MARKER).write_text("written by miwv-catalog `select --out`; it may replace this folder\n")
-    return Exported(target.path, target.file_format, shape, len(records), _note(rows, template, shape))
+    return Exported(target.path, target.file_format, shape, len(records), _joined(gone, _note(rows, template, shape)))
+
+
+def _gone(asked: int, found: int) -> str | None:
+    """The note for members no longer in the catalog, None when every one was found."""
+    if asked == found:
+        return None
+    return (
+        f"{asked - found} of {asked} members have left the catalog since the selection (retired or purged) "
+        "and were not written"
+    )
+
+
+def _joined(*notes: str | None) -> str | None:
+    return "; ".join(note for note in notes if note) or None
+
+
+def _with_note(exported: Exported, note: str | None) -> Exported:
+    return replace(exported, note=_joined(note, exported.note))
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> None:
@@ -178,7 +199,8 @@ def _finite(value):
 def _rows(
     catalog: Catalog, sample_ids: list[int], scorer_id: int | None, embedder_id: int | None
 ) -> tuple[list[dict], str | None]:
-    """The samples in rank order, and the name of the template their scorer rendered them with."""
+    """The current samples among `sample_ids` (through the `samples` view: retired and purged ones are
+    missing), in rank order, and the name of the template their scorer rendered them with."""
     order = pa.table({"sample_id": pa.array(sample_ids, pa.int64()), "rank": pa.array(range(len(sample_ids)))})
     with catalog.read() as conn, db.registered(conn, "wanted", order):
         scorer = db.execute(conn, "SELECT template FROM scorer WHERE scorer_id = $id", {"id": scorer_id})

@@ -2,6 +2,8 @@
 
 Users look at this before choosing K: how many samples are scored, where MIWV sits, how
 often an example hurt (MIWV > 0), how similar the examples were, and L_zero against L_one.
+Only current samples count: both statements read `score_current` (a retired sample's rows there
+are deleted when it retires) with the current memberships (`membership`, `samples`).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ over the public views, recorded so the subset can be reproduced and diffed."""
 
 from __future__ import annotations
 
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from catalog.choices import STRATEGIES
 from catalog.datasets import require_dataset
 from catalog.errors import ArgumentError, UserError
 from catalog.export import Exported, Stage, check_target, staged, write_samples
+from catalog.lifecycle import pool_versions
 from catalog.query import one_condition, run_read_only
 from catalog.store import Catalog
 
@@ -128,6 +130,7 @@ def select(
                 else error
             ) from None
         reasons = dict(db.execute(conn, _eligibility_sql(request)))
+        pool = pool_versions(conn, request.dataset)  # the state this query read
     pool_size = sum(reasons.values())
     eligible = reasons.pop("eligible", 0)
     chosen_ids = chosen["sample_id"].to_pylist()
@@ -137,7 +140,7 @@ def select(
             exported = write_samples(
                 catalog, chosen_ids, target, stage.path, shape, with_scores, request.scorer_id, request.embedder_id
             )
-        selection_id = _record(catalog, request, sql, chosen, pool_size, eligible, exported, stage)
+        selection_id = _record(catalog, request, sql, chosen, pool_size, eligible, pool, exported, stage)
     return Selection(selection_id, sql, pool_size, eligible, reasons, chosen_ids, chosen["score"].to_pylist()), exported
 
 
@@ -148,20 +151,24 @@ def _record(
     chosen: pa.Table,
     pool_size: int,
     eligible: int,
+    pool: tuple[int | None, str],
     exported: Exported | None,
     stage: Stage | None,
 ) -> int:
-    """Record the selection and its members; the export is published inside the transaction."""
+    """Record the selection and its members; the export is published inside the transaction.
+    `pool`: the last catalog change and the dataset versions the selection drew from, so that
+    `selections` can tell when its pool has changed since."""
     with catalog.write() as conn:
         selection_id = db.next_id(conn, "selection", "selection_id")
         db.execute(
             conn,
             """INSERT INTO selection (selection_id, model, scorer_id, embedder, strategy, top_k, top_percent, seed,
-                                   dataset, pool_where, pool_size, eligible, selected, sql, output, created_at)
+                                   dataset, pool_where, pool_size, eligible, selected, sql, output, created_at,
+                                   pool_change_id, pool_versions)
                             VALUES ($selection_id, (SELECT model FROM scorer WHERE scorer_id = $scorer_id),
                                    $scorer_id, (SELECT name FROM embedder WHERE embedder_id = $embedder_id), $strategy,
                                    $top_k, $top_percent, $seed, $dataset, $pool_where, $pool_size, $eligible, $selected,
-                                   $sql, $output, $now)""",
+                                   $sql, $output, $now, $pool_change_id, $pool_versions)""",
             {
                 "selection_id": selection_id,
                 "scorer_id": request.scorer_id,
@@ -178,6 +185,8 @@ def _record(
                 "sql": sql,
                 "output": str(exported.path.resolve()) if exported else None,
                 "now": db.utcnow(),
+                "pool_change_id": pool[0],
+                "pool_versions": pool[1],
             },
         )
         db.insert_arrow(
@@ -197,16 +206,37 @@ def _record(
     return selection_id
 
 
+# How a selection's pool stands now (SQL over `selection s` joined to `gone`; the web shows it too):
+# pool_versions: {dataset: version} it drew from (NULL for selections recorded before versions were kept);
+# pool_changed: a later change brought rows into or took rows out of its dataset (any dataset when it
+# had none); NULL when unknown; members_gone: its members now retired or purged (in no dataset).
+MEMBERS_GONE = """gone AS (
+    SELECT selection_id, count(*) AS members_gone
+    FROM selection_member ANTI JOIN (SELECT DISTINCT sample_id FROM membership) USING (sample_id)
+    GROUP BY selection_id)"""
+POOL_STATE = """pool_versions,
+                   CASE WHEN s.pool_change_id IS NOT NULL THEN EXISTS (
+                       SELECT 1 FROM dataset_version v
+                       WHERE v.change_id > s.pool_change_id AND v.rows_in + v.rows_out > 0
+                         AND (s.dataset IS NULL OR v.dataset = s.dataset)) END AS pool_changed,
+                   coalesce(gone.members_gone, 0) AS members_gone"""
+
+
 def list_selections(catalog: Catalog) -> list[dict]:
-    """Every recorded selection, newest first."""
+    """Every recorded selection, newest first, with the state of its pool since (see POOL_STATE)."""
     with catalog.read() as conn:
-        return db.records(
+        rows = db.records(
             conn,
-            """
+            f"""
+            WITH {MEMBERS_GONE}
             SELECT selection_id, strategy, model, embedder, top_k, top_percent, seed, dataset, pool_where,
-                   pool_size, eligible, selected, output, strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at
-            FROM selection ORDER BY selection_id DESC""",
+                   pool_size, eligible, selected, output, strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at,
+                   {POOL_STATE}
+            FROM selection s LEFT JOIN gone USING (selection_id) ORDER BY selection_id DESC""",
         )
+    for row in rows:
+        row["pool_versions"] = json.loads(row["pool_versions"]) if row["pool_versions"] else None
+    return rows
 
 
 def _pool(request: Request) -> str:

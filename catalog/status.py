@@ -1,8 +1,17 @@
-"""What the catalog holds: samples per dataset, ingest batches, embeddings, neighbour links, scores."""
+"""What the catalog holds: current samples per dataset (and how many left), ingest batches,
+embeddings, neighbour links, scores.
+
+Every count is of current samples (those in some dataset): a retired sample keeps its text,
+vector and losses, but no dataset, link or score counts it; `retired` and `purged` say how
+many samples left the catalog, and each dataset's `version` how often its members changed.
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
 
 from catalog import db
 from catalog.embed import embedders
@@ -12,11 +21,13 @@ from catalog.store import Catalog
 def catalog_status(catalog: Catalog) -> dict[str, Any]:
     """A JSON-able summary of the catalog."""
     tables = {e.embedder_id: e.vectors(catalog) for e in embedders(catalog)}
-    embedded = {embedder_id: len(table.ids()) for embedder_id, table in tables.items()}
     with catalog.read() as conn:
+        embedded = {embedder_id: _current_vectors(conn, table.ids()) for embedder_id, table in tables.items()}
         status = {
             "catalog": str(catalog.path.resolve()),
-            "samples": db.execute(conn, "SELECT count(*) FROM sample")[0][0],
+            "samples": db.execute(conn, "SELECT count(DISTINCT sample_id) FROM membership")[0][0],
+            "retired": db.execute(conn, RETIRED_SQL)[0][0],
+            "purged": db.execute(conn, PURGED_SQL)[0][0],
             "datasets": db.records(conn, DATASETS_SQL),
             "ingests": db.records(conn, INGESTS_SQL),
             "embedders": [
@@ -30,21 +41,54 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
             ],
             "scores": db.records(conn, SCORES_SQL),
         }
-    status["advice"] = [
-        f"embedder {row['name']}: {row['vectors_missing']} linked samples have no vector in "
-        f"{tables[row['embedder_id']].folder}: run `python cli.py embed` to compute them again"
-        for row in status["embedders"]
-        if row["vectors_missing"]
-    ]
+        purges_pending = db.execute(conn, "SELECT count(*) FROM catalog_change WHERE NOT vectors_done")[0][0]
+    status["advice"] = _advice(status, tables, purges_pending)
     return status
 
 
+def _current_vectors(conn, ids: np.ndarray) -> int:
+    """How many current samples have one of the vectors `ids` (a retired sample keeps its vector)."""
+    vectors = pa.table({"sample_id": pa.array(np.unique(ids), pa.int64())})
+    with db.registered(conn, "_vectors", vectors):
+        return db.execute(conn, "SELECT count(*) FROM _vectors SEMI JOIN membership USING (sample_id)")[0][0]
+
+
+def _advice(status: dict[str, Any], tables: dict, purges_pending: int) -> list[str]:
+    """What to run next, one line per state that needs a command."""
+    advice = []
+    for row in status["embedders"]:
+        if row["vectors_missing"]:
+            advice.append(
+                f"embedder {row['name']}: {row['vectors_missing']} linked samples have no vector in "
+                f"{tables[row['embedder_id']].folder}: run `python cli.py embed` to compute them again"
+            )
+        if row["not_linked"]:
+            advice.append(
+                f"embedder {row['name']}: {row['not_linked']} samples have a vector but no neighbour link (new, "
+                "or their neighbour left the catalog): run `python cli.py embed` to link them, then `score`"
+            )
+    if purges_pending:
+        advice.append(
+            f"{purges_pending} purges have not deleted their vectors from LanceDB yet: the next write command "
+            "(e.g. `python cli.py embed`) finishes them"
+        )
+    return advice
+
+
 # The statements behind the summary (public: the web overview shows them next to their tables).
+# version: the dataset's latest version (each ingest, replace or removal that changed it makes one).
 DATASETS_SQL = """
-    SELECT dataset, count(*) AS samples, count(*) FILTER (WHERE exclusive) AS only_here
-    FROM (SELECT dataset, count(*) OVER (PARTITION BY sample_id) = 1 AS exclusive FROM membership)
+    SELECT dataset, count(*) AS samples, count(*) FILTER (WHERE exclusive) AS only_here,
+           (SELECT max(v.version) FROM dataset_version v WHERE v.dataset = m.dataset) AS version
+    FROM (SELECT dataset, count(*) OVER (PARTITION BY sample_id) = 1 AS exclusive FROM membership) m
     GROUP BY dataset ORDER BY dataset
 """
+
+# Samples in no dataset any more: their rows stay (a later ingest of the same content brings them back).
+RETIRED_SQL = "SELECT count(*) FROM sample ANTI JOIN membership USING (sample_id)"
+
+# Samples deleted for good (only their ids remain), unless ingested again since.
+PURGED_SQL = "SELECT count(DISTINCT sample_id) FROM purged_sample ANTI JOIN sample USING (sample_id)"
 
 INGESTS_SQL = """
     SELECT ingest_id, dataset, path, parse_filename(path) AS file, record_shape,

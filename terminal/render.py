@@ -103,9 +103,10 @@ def print_json(value: Any) -> None:
 
 def print_status(status: dict[str, Any]) -> None:
     """The `status` command's human view: one table per section that has rows, then its advice."""
-    _line(f"catalog {status['catalog']}: {status['samples']} samples")
+    gone = [f"{status[key]} {key}" for key in ("retired", "purged") if status.get(key)]
+    _line(f"catalog {status['catalog']}: {status['samples']} samples" + (f" ({', '.join(gone)})" if gone else ""))
     sections = {
-        "datasets": ("datasets (only_here: samples in no other dataset)", None),
+        "datasets": ("datasets (only_here: samples in no other dataset; version: changes of its members)", None),
         "ingests": (
             "ingest batches",
             [
@@ -159,6 +160,19 @@ def print_ingested(result) -> None:
         f"{result.rows_read} rows read, {result.rows_new} new, {result.rows_duplicate} duplicates, "
         f"{result.rows_rejected} rejected in {result.seconds:.2f} s"
     )
+    if result.replace:
+        counts = f"{result.rows_in} rows in, {result.rows_out} out"
+        _line(f"dataset {result.dataset!r} v{result.version}: {counts}{_left(result)}")
+
+
+def _left(result) -> str:
+    """What rows leaving did, in brackets: samples retired, links to repair (empty when nothing)."""
+    parts = []
+    if result.samples_retired:
+        parts.append(f"{result.samples_retired} samples retired")
+    if result.links_to_repair:
+        parts.append(f"{result.links_to_repair} links to repair: run `python cli.py embed`, then `score`")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def print_embedded(result) -> None:

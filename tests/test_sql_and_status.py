@@ -77,8 +77,8 @@ def test_status_counts_datasets_and_batches(filled, cli_run):
     status = cli_run.json("status")
     assert status["samples"] == 180
     assert status["datasets"] == [
-        {"dataset": "a", "samples": 100, "only_here": 50},
-        {"dataset": "b", "samples": 130, "only_here": 80},
+        {"dataset": "a", "samples": 100, "only_here": 50, "version": 1},
+        {"dataset": "b", "samples": 130, "only_here": 80, "version": 1},
     ]
     assert [(b["rows_new"], b["rows_duplicate"]) for b in status["ingests"]] == [(100, 0), (80, 50)]
     human = cli_run("status").output

@@ -43,8 +43,8 @@ def takes(*names: str) -> Callable[[Callable], Callable]:
 def overview(request: Request) -> Response:
     catalog = _catalog(request)
     with _read(request) as conn:
-        samples, tables = ex.overview(catalog, conn)
-    return _tables_or_page(request, tables, "overview.html", samples=samples, catalog=str(catalog.path.resolve()))
+        counts, tables = ex.overview(catalog, conn)
+    return _tables_or_page(request, tables, "overview.html", counts=counts, catalog=str(catalog.path.resolve()))
 
 
 @takes("scorer", "embedder")
@@ -111,13 +111,25 @@ def sample(request: Request) -> Response:
     except ValueError:
         raise ex.NotFound(f"no sample {request.path_params['sample_id']!r}: sample ids are whole numbers") from None
     with _read(request) as conn:
-        tables = ex.sample_tables(conn, sample_id)
+        state, tables = ex.sample_tables(conn, sample_id)
     if wants_download(request):
         return _tables_or_page(request, tables, "sample.html")
+    if state == "purged":
+        return page(request, "purged.html", sample_id=sample_id, tables=tables)
     row = tables["sample"].rows[0]
+    if state == "retired":
+        return page(request, "sample.html", sample=row, tables=tables, retired=True, neighbours=[], inputs=[])
     examples = {n["embedder_id"]: n for n in tables["neighbours"].rows}
     inputs = [(score, _inputs(row, score, examples.get(score["embedder_id"]))) for score in tables["scores"].rows]
-    return page(request, "sample.html", sample=row, tables=tables, neighbours=tables["neighbours"].rows, inputs=inputs)
+    return page(
+        request,
+        "sample.html",
+        sample=row,
+        tables=tables,
+        retired=False,
+        neighbours=tables["neighbours"].rows,
+        inputs=inputs,
+    )
 
 
 @takes("a", "b")
