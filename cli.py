@@ -32,7 +32,7 @@ from catalog.choices import (
 from catalog.errors import StorageError
 
 # Commands that only read the catalog: they never change its file (an old schema is refused, not upgraded).
-READ_COMMANDS = ("status", "sql", "selections", "report", "serve")
+READ_COMMANDS = ("status", "sql", "selections", "report", "serve", "history")
 
 
 class Cli(click.Group):
@@ -158,6 +158,12 @@ def cli(ctx: click.Context, catalog_path: str) -> None:
     "conversations, messages.",
 )
 @click.option("--split", help="Split of a datasets folder, a folder of shards or an hf: dataset.")
+@click.option(
+    "--replace",
+    is_flag=True,
+    help="Make --dataset exactly PATH's rows: members PATH no longer holds leave it (a sample in no other "
+    "dataset is retired); rows that stay keep their vectors and scores.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_obj
 def ingest(
@@ -168,6 +174,7 @@ def ingest(
     skip_invalid: bool,
     columns: dict[str, str] | None,
     split: str | None,
+    replace: bool,
     as_json: bool,
 ) -> None:
     """Add the samples of PATH to the catalog: a .jsonl, .json, .parquet or .csv file (text
@@ -175,12 +182,63 @@ def ingest(
     hf:ORG/NAME (datasets.load_dataset: the local HF cache offline, the Hub online).
 
     PATH is ingested whole or not at all. Samples already in the catalog (same content)
-    are not added again; their membership in --dataset is recorded.
+    are not added again; their membership in --dataset is recorded. With --replace the dataset
+    becomes a new version holding exactly PATH's rows (see `history`).
     """
     from terminal.render import print_ingested
 
-    result = catalog.ingest(path, dataset, shape=shape, skip_invalid=skip_invalid, columns=columns, split=split)
+    result = catalog.ingest(
+        path, dataset, shape=shape, skip_invalid=skip_invalid, columns=columns, split=split, replace=replace
+    )
     emit(result, as_json, print_ingested)
+
+
+@cli.command()
+@click.option("--dataset", help="Remove this dataset's members (with --where or --ids: only those of it).")
+@click.option("--where", help="Remove the samples matching this SQL condition on the `samples` view.")
+@click.option("--ids", metavar="FILE", help="Remove the samples listed in FILE, one sample_id per line.")
+@click.option("--all", "everything", is_flag=True, help="Remove every sample (needed when the others match them all).")
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Then delete every retired sample for good: text, vectors, losses (alone: those retired earlier).",
+)
+@click.option("--dry-run", is_flag=True, help="Print what would change and write nothing.")
+@json_option
+@click.pass_obj
+def remove(
+    catalog: miwv.Catalog,
+    dataset: str | None,
+    where: str | None,
+    ids: str | None,
+    everything: bool,
+    purge: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Take samples out of datasets, all or nothing. A sample left in no dataset is retired: it
+    leaves `samples`, neighbour search, scoring and selection, and the samples whose nearest
+    neighbour it was get a new one at the next `embed`. Try --dry-run first."""
+    from terminal.changes import print_removal
+
+    result = catalog.remove(dataset, where, ids, everything=everything, purge=purge, dry_run=dry_run)
+    emit(result, as_json, print_removal)
+
+
+@cli.command()
+@click.option("--dataset", help="Only this dataset's versions.")
+@json_option
+@click.pass_obj
+def history(catalog: miwv.Catalog, dataset: str | None, as_json: bool) -> None:
+    """List dataset versions, oldest first: each ingest, replace or removal, with rows in and out."""
+    from terminal.changes import print_history
+    from terminal.render import print_json
+
+    rows = catalog.history(dataset)
+    if as_json:
+        print_json({"history": rows})
+    else:
+        print_history(rows, dataset)
 
 
 @cli.command()
@@ -508,6 +566,8 @@ def selections(catalog: miwv.Catalog, as_json: bool) -> None:
         "pool_size",
         "eligible",
         "selected",
+        "pool_changed",
+        "members_gone",
         "output",
         "created_at",
     ]

@@ -2,7 +2,7 @@
 
     import miwv
     cat = miwv.open("my-catalog")
-    cat.ingest("alpaca.jsonl", dataset="alpaca")
+    cat.ingest("alpaca.jsonl", dataset="alpaca")  # replace=True: the dataset becomes exactly this file
     cat.embed()
     cat.score("smollm2-135m")
     top = cat.select("smollm2-135m", top_percent=1)
@@ -55,6 +55,7 @@ from catalog.choices import (
 )
 from catalog.errors import ArgumentError
 from catalog.ingest import IngestResult
+from catalog.lifecycle import Removal
 from catalog.query import MAX_TIMEOUT
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ __all__ = [
     "IngestResult",
     "InvalidInput",
     "Linked",
+    "Removal",
     "Reported",
     "Scored",
     "Selection",
@@ -311,6 +313,7 @@ class Catalog:
         skip_invalid=flag,
         columns=optional(columns),
         split=optional(text),
+        replace=flag,
     )
     def ingest(
         self,
@@ -321,6 +324,7 @@ class Catalog:
         skip_invalid: bool = False,
         columns: dict[str, str] | None = None,
         split: str | None = None,
+        replace: bool = False,
     ) -> IngestResult:
         """Add samples: a file (.jsonl, .json, .parquet, .csv, gzipped text), a `datasets`
         save_to_disk folder, a folder of Parquet shards, "hf:ORG/NAME" (datasets.load_dataset),
@@ -333,16 +337,80 @@ class Catalog:
             skip_invalid: ingest the valid rows and record the others in the `rejects` view.
             columns: {shape field: your column}, e.g. {"output": "response"}.
             split: the split of a datasets folder, a folder of shards or an hf: dataset.
+            replace: the dataset's members become exactly the source's rows: the others leave it
+                (a sample in no other dataset is retired); rows that stay keep their ids, vectors
+                and scores. The result's rows_out, samples_retired and links_to_repair say what left.
         """
+        if not isinstance(source, str | os.PathLike) and dataset is None:
+            raise ArgumentError("{0} is required when ingesting rows from memory", "dataset")
+        self._finish_purges()
         if isinstance(source, str | os.PathLike):
             from catalog.ingest import ingest_file
 
-            return ingest_file(self._store, source, dataset, shape, skip_invalid, columns, split)
-        if dataset is None:
-            raise ArgumentError("{0} is required when ingesting rows from memory", "dataset")
+            return ingest_file(self._store, source, dataset, shape, skip_invalid, columns, split, replace)
         from catalog.ingest import ingest_rows
 
-        return ingest_rows(self._store, source, dataset, shape=shape, skip_invalid=skip_invalid, columns=columns)
+        return ingest_rows(
+            self._store, source, dataset, shape=shape, skip_invalid=skip_invalid, columns=columns, replace=replace
+        )
+
+    @checked(
+        dataset=optional(text),
+        where=optional(any_text),
+        ids=optional(file_path),
+        everything=flag,
+        purge=flag,
+        dry_run=flag,
+    )
+    def remove(
+        self,
+        dataset: str | None = None,
+        where: str | None = None,
+        ids: str | os.PathLike | None = None,
+        *,
+        everything: bool = False,
+        purge: bool = False,
+        dry_run: bool = False,
+    ) -> Removal:
+        """Take samples out of datasets, in one transaction. A sample left in no dataset is retired:
+        out of the `samples` view, neighbour search, scoring and selection (its text, vectors and
+        losses stay until a purge). Nothing matching is not an error: the result's `message` says so.
+
+        Args:
+            dataset: remove all of this dataset's members, or (with `where` / `ids`) only those of it.
+            where: an SQL condition on the `samples` view, run read-only as `sql()` runs queries.
+            ids: a text file of sample_ids, one per line (# comments and blank lines skipped).
+            everything: remove every sample; required when the selectors would match them all.
+            purge: also delete every retired sample for good (text, vectors, losses, links); alone,
+                it purges the samples retired earlier. Selections keep their ids, marked purged.
+            dry_run: say what would change and write nothing.
+        """
+        from catalog.lifecycle import remove
+
+        return remove(
+            self._store,
+            dataset=dataset,
+            where=where,
+            ids=ids,
+            everything=everything,
+            purge=purge,
+            dry_run=dry_run,
+        )
+
+    @checked(dataset=optional(text))
+    def history(self, dataset: str | None = None) -> list[dict[str, Any]]:
+        """Every version of `dataset` (default: of every dataset), oldest first: the change that
+        made it (ingest, replace, remove, purge), rows in and out, and the members after it."""
+        from catalog.lifecycle import history
+
+        return history(self._store, dataset)
+
+    def _finish_purges(self) -> None:
+        """Finish the vector deletion of a purge stopped after its DuckDB transaction (every write
+        verb does this first). It takes the job lock, so it runs before the verb takes its own."""
+        from catalog.lifecycle import finish_purges
+
+        finish_purges(self._store)
 
     @checked(embedder=name_or_path, pooling=one_of(POOLINGS), batch_size=_COUNT, **_SEARCH, **_RAY)
     def embed(
@@ -369,6 +437,7 @@ class Catalog:
         """
         from scoring.embed import embed_missing
 
+        self._finish_purges()
         result: EmbedResult = embed_missing(self._store, embedder, pooling, device, batch_size, workers, ray_address)
         linked = self._link(result.embedder, False, method, exact_limit, device)
         row = result.embedder
@@ -394,6 +463,7 @@ class Catalog:
         """
         from catalog.embed import find_embedder
 
+        self._finish_purges()
         return self._link(find_embedder(self._store, embedder), rebuild, method, exact_limit, device)
 
     def _link(self, embedder, rebuild: bool, method: str, exact_limit: int, device: str) -> Linked:
@@ -445,6 +515,7 @@ class Catalog:
         """
         from scoring.score import score_catalog
 
+        self._finish_purges()
         result: ScoreResult = score_catalog(
             self._store,
             model,

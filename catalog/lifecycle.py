@@ -369,15 +369,16 @@ def _checkpoint(catalog: Catalog) -> None:
 
 def finish_purges(catalog: Catalog) -> int:
     """Finish purges whose LanceDB step did not (stopped after their DuckDB transaction); returns
-    how many. The write commands call it first; it holds the job lock while it deletes."""
-    if not catalog.exists() or not _pending_purges(catalog):
+    how many. The write commands call it first (it looks through a write connection, which
+    upgrades an old catalog as they would); it holds the job lock while it deletes."""
+    if not catalog.exists() or not _pending_purges(catalog, catalog.write):
         return 0
     with catalog.job("purge"):
         return _delete_purged_vectors(catalog)
 
 
-def _pending_purges(catalog: Catalog) -> list[int]:
-    with catalog.read() as conn:
+def _pending_purges(catalog: Catalog, connect=None) -> list[int]:
+    with (connect or catalog.read)() as conn:
         return [row[0] for row in db.execute(conn, "SELECT change_id FROM catalog_change WHERE NOT vectors_done")]
 
 

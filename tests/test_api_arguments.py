@@ -113,6 +113,17 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("report", dict(out=""), "out"),
     ("report", dict(embedder=[1]), "embedder"),
     ("report", dict(scorer_id=-1), "scorer_id"),
+    ("ingest", dict(replace="yes"), "replace"),
+    ("remove", dict(dataset=5), "dataset"),
+    ("remove", dict(dataset=""), "dataset"),
+    ("remove", dict(where=1), "where"),
+    ("remove", dict(ids=7), "ids"),
+    ("remove", dict(ids=""), "ids"),
+    ("remove", dict(everything="yes"), "everything"),
+    ("remove", dict(dataset="mixed", purge=1), "purge"),
+    ("remove", dict(dataset="mixed", dry_run=None), "dry_run"),
+    ("history", dict(dataset=""), "dataset"),
+    ("history", dict(dataset=3), "dataset"),
     ("sql", dict(query=3), "query"),
     ("sql", dict(timeout="x"), "timeout"),
     ("sql", dict(timeout=0), "timeout"),
@@ -229,6 +240,8 @@ def test_numpy_numbers_and_paths_are_taken(ingested, tmp_path):
 
 
 CLI_BAD = [
+    (("remove",), "say what to remove: --dataset, --where, --ids or --all"),
+    (("remove", "--all", "--dataset", "mixed"), "--all removes every sample: give it alone"),
     (("score", "--model", "smollm2-135m", "--max-length", "-5"), "--max-length must be a whole number from 8"),
     (("score", "--model", "smollm2-135m", "--limit", "0"), "--limit must be a whole number from 1"),
     (("score", "--model", "smollm2-135m", "--device", "gpu"), "--device must be auto, cpu, cuda or cuda:N"),
