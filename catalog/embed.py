@@ -100,14 +100,16 @@ def find_embedder(catalog: Catalog, name: str | None = None) -> EmbedderRow:
 
 
 def samples_to_embed(catalog: Catalog, embedded: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """(sample_ids, user texts) of samples without a vector, shortest text first."""
+    """(sample_ids, user texts) of current samples without a vector, shortest text first (a retired
+    sample is not searched nor scored: it gets a vector only if an ingest brings it back)."""
     with catalog.read() as conn:
         with db.registered(conn, "embedded", pa.table({"sample_id": pa.array(embedded, pa.int64())})):
             table = db.query_arrow(
                 conn,
                 """
                 SELECT sample_id, user_text FROM sample
-                WHERE sample_id NOT IN (SELECT sample_id FROM embedded)
+                WHERE sample_id IN (SELECT sample_id FROM membership)
+                  AND sample_id NOT IN (SELECT sample_id FROM embedded)
                 ORDER BY length(user_text), sample_id""",
             )
     return table["sample_id"].to_numpy(), table["user_text"].to_pylist()

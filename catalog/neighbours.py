@@ -23,31 +23,44 @@ class Links:
     similarity: np.ndarray  # float64
 
 
-def text_groups(catalog: Catalog, ids: np.ndarray) -> np.ndarray:
-    """For sorted `ids`: a value per distinct user text (samples sharing it are exact duplicates of each other)."""
+def current_groups(catalog: Catalog, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Of sorted embedded `ids`: the current samples (members of some dataset), and for each a value per
+    distinct user text (samples sharing it are exact duplicates of each other).
+
+    Vectors outlive membership (a retired sample keeps its vector until a purge, and a purged one
+    until the purge's LanceDB step is done), so the neighbours step asks here which ones count.
+    """
     with catalog.read() as conn:
         with db.registered(conn, "wanted", pa.table({"sample_id": pa.array(ids, pa.int64())})):
             table = db.query_arrow(
                 conn,
                 """
                 SELECT s.sample_id, hash(s.user_text) AS text_group
-                FROM sample s JOIN wanted w USING (sample_id) ORDER BY s.sample_id""",
+                FROM sample s JOIN wanted w USING (sample_id)
+                WHERE s.sample_id IN (SELECT sample_id FROM membership) ORDER BY s.sample_id""",
             )
-    assert np.array_equal(table["sample_id"].to_numpy(), ids), "every embedded sample must be in the catalog"
-    return table["text_group"].to_numpy().view(np.int64)
+    return table["sample_id"].to_numpy(), table["text_group"].to_numpy().view(np.int64)
 
 
 def current_links(catalog: Catalog, embedder_id: int) -> Links:
-    """Every stored link of `embedder_id`."""
+    """The stored links of `embedder_id` that still hold: of a current sample, to a current sample or
+    to none. Removal deletes the others in its own transaction; one that a run racing an ingest
+    --replace could leave would count as no link here, so the next run links that sample anew."""
     with catalog.read() as conn:
         table = db.query_arrow(
             conn,
-            """
+            f"""
             SELECT sample_id, coalesce(neighbour_id, $none) AS neighbour_id, coalesce(similarity, 'NaN') AS similarity
-            FROM neighbour_link WHERE embedder_id = $embedder_id ORDER BY sample_id""",
+            FROM neighbour_link l WHERE embedder_id = $embedder_id AND {_BOTH_CURRENT}
+            ORDER BY sample_id""",
             {"embedder_id": embedder_id, "none": NO_NEIGHBOUR},
         )
     return Links(table["sample_id"].to_numpy(), table["neighbour_id"].to_numpy(), table["similarity"].to_numpy())
+
+
+# A link row `l` whose sample and neighbour (if any) are current.
+_BOTH_CURRENT = """l.sample_id IN (SELECT sample_id FROM membership)
+              AND (l.neighbour_id IS NULL OR l.neighbour_id IN (SELECT sample_id FROM membership))"""
 
 
 def save_links(
@@ -62,7 +75,12 @@ def save_links(
     started_at: datetime,
 ) -> int:
     """Record a neighbour run, upsert the links it changed and recompute those samples' current
-    scores (a moved link leaves them stale), in one transaction; returns the run id."""
+    scores (a moved link leaves them stale), in one transaction; returns the run id.
+
+    Only links between current samples are written: ingest --replace holds no job lock, so a sample
+    may have left since the search read the catalog; its link is not written, and a link to it is
+    deleted instead (that sample is linked anew by the next run, as a new one).
+    """
     now = db.utcnow()
     has = changed.neighbour_ids != NO_NEIGHBOUR
     with catalog.write() as conn:
@@ -93,11 +111,18 @@ def save_links(
             }
         )
         with db.registered(conn, "changed", rows):
+            db.execute(  # a link whose sample or neighbour left while the search ran: the sample needs a new one
+                conn,
+                f"""DELETE FROM neighbour_link WHERE embedder_id = $embedder_id
+                    AND sample_id IN (SELECT sample_id FROM changed l WHERE NOT ({_BOTH_CURRENT}))""",
+                {"embedder_id": embedder_id},
+            )
             db.execute(
                 conn,
-                """
+                f"""
                 INSERT INTO neighbour_link (sample_id, embedder_id, neighbour_id, similarity, run_id, computed_at)
-                SELECT sample_id, $embedder_id, neighbour_id, similarity, $run_id, $now FROM changed
+                SELECT sample_id, $embedder_id, neighbour_id, similarity, $run_id, $now FROM changed l
+                WHERE {_BOTH_CURRENT}
                 ON CONFLICT (sample_id, embedder_id) DO UPDATE SET
                     neighbour_id = excluded.neighbour_id, similarity = excluded.similarity,
                     run_id = excluded.run_id, computed_at = excluded.computed_at""",

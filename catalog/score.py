@@ -209,7 +209,7 @@ _LOSSES = """LEFT JOIN zero_shot_loss z ON z.sample_id = p.sample_id AND z.score
 def plan_pool(
     catalog: Catalog, scorer_id: int, embedder_id: int, dataset: str | None = None, limit: int | None = None
 ) -> PoolPlan:
-    """The pool (all samples, or one dataset; the first `limit` by sample_id) and what it still needs.
+    """The pool (the current samples, or one dataset's; the first `limit` by sample_id) and what it still needs.
 
     A sample needs its zero-shot pass if it has no zero-shot row for the scorer, and its
     one-shot pass if it has a neighbour and no one-shot row for that neighbour. Unlinked
@@ -222,7 +222,7 @@ def plan_pool(
             f"""
             WITH p AS (
                 SELECT sample_id FROM sample
-                WHERE $dataset IS NULL OR sample_id IN (SELECT sample_id FROM membership WHERE dataset = $dataset)
+                WHERE sample_id IN (SELECT sample_id FROM membership WHERE $dataset IS NULL OR dataset = $dataset)
                 ORDER BY sample_id {"LIMIT $limit" if limit is not None else ""})
             SELECT p.sample_id, coalesce(l.neighbour_id, {NO_NEIGHBOUR}) AS neighbour_id,
                    l.sample_id IS NOT NULL AS linked, {_NEEDS}

@@ -116,7 +116,7 @@ def embed_missing(
     workers: int | None = None,
     ray_address: str | None = None,
 ) -> EmbedResult:
-    """Embed the user text of every sample without a vector from `embedder`.
+    """Embed the user text of every current sample without a vector from `embedder`.
 
     Args:
         catalog: the catalog (must exist).

@@ -13,6 +13,12 @@ Full mode computes every link. Incremental mode, when M samples are new among N 
 computes the new rows against all N + M and the N old rows against the M new only, and
 replaces an old link exactly when a new sample beats it. Both decide on the same float64
 similarities (scoring.neighbours), so incremental links equal a full recompute.
+
+Removal keeps this exact. The points are the current samples only, and removing a sample deletes
+its link and every link to it (catalog.lifecycle). A remaining link still names the best among
+the remaining samples (the best of a set is the best of any subset that holds it); a sample that
+lost its link has a vector and no link, so incremental mode links it as a new one, against all.
+The repair costs a pass over the affected samples, not over the catalog (bench/lifecycle_speed.py).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import torch
 from catalog import Catalog, UserError, db
 from catalog.choices import EXACT_LIMIT, NEIGHBOUR_METHODS
 from catalog.embed import EmbedderRow
-from catalog.neighbours import NO_NEIGHBOUR, Links, current_links, save_links, text_groups
+from catalog.neighbours import NO_NEIGHBOUR, Links, current_groups, current_links, save_links
 from catalog.vectors import VectorTable
 from scoring.commits import patiently
 from scoring.device import pick_device
@@ -238,8 +244,8 @@ def link_neighbours(
     search = partial(nearest, device=pick_device(device))
     with catalog.job("neighbours"):
         table = embedder.vectors(catalog)
-        ids, vectors = table.load()
-        points = Points(ids, vectors, text_groups(catalog, ids))
+        points = current_points(catalog, table)
+        ids = points.ids
         stored = current_links(catalog, embedder.embedder_id)
         known = np.isin(ids, stored.ids)
         use_ann = len(ids) > 0 and (method == "ann" or (method == "auto" and len(ids) > exact_limit))
@@ -274,6 +280,16 @@ def link_neighbours(
         without,
         time.monotonic() - started,
     )
+
+
+def current_points(catalog: Catalog, table: VectorTable) -> Points:
+    """The vectors of current samples: those of retired samples (kept until a purge) and of purged ones
+    (until the purge's LanceDB step is done) are neither queries nor candidates."""
+    embedded, vectors = table.load()
+    ids, groups = current_groups(catalog, embedded)
+    if len(ids) < len(embedded):
+        vectors = vectors[np.searchsorted(embedded, ids)]
+    return Points(ids, vectors, groups)
 
 
 def _full(find, points: Points, stored: Links) -> Links:
@@ -325,12 +341,16 @@ def _lookup(stored: Links, ids: np.ndarray) -> tuple[Links, np.ndarray]:
 
 
 def _ann_finder(table: VectorTable, candidates_all: Points):
-    """nearest() through the LanceDB ANN index: hits re-ranked on the exact float64 similarity;
-    rows whose hits are all excluded duplicates fall back to the exact search."""
+    """nearest() through the LanceDB ANN index: hits re-ranked on the exact float64 similarity.
+
+    The index also holds vectors that are not candidates (retired samples' vectors stay until a
+    purge): such hits are dropped like excluded duplicates, and rows whose hits are all dropped
+    fall back to the exact search."""
     if not table.has_ann_index():
         table.build_ann_index()
     largest_group = int(np.unique(candidates_all.groups, return_counts=True)[1].max())
-    k = min(len(candidates_all.ids), 10 + largest_group)
+    others = len(table.ids()) - len(candidates_all.ids)  # vectors of samples that are not current
+    k = min(len(candidates_all.ids) + others, 10 + largest_group + min(others, 10))
 
     def find(queries: Points, candidates: Points, on_block=None) -> Nearest:
         out_ids = np.full(len(queries.ids), NO_NEIGHBOUR, np.int64)
