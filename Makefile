@@ -56,6 +56,9 @@ demo: $(STAMP)
 	$(CLI) select --model smollm2-135m --top-percent 10 --where "sample_id IN (SELECT sample_id FROM miwv_scores)" \
 	    --out demo-out/top30.jsonl --with-scores --show-sql
 	$(CLI) report --model smollm2-135m --out demo-out/report
+	@echo "--- the catalog changes: what removing boilerplate answers would do (a dry run), and the datasets' versions"
+	$(CLI) remove --where "output ILIKE '%as an AI%'" --dry-run
+	$(CLI) history
 
 clean-demo:
 	rm -rf $(DEMO)
