@@ -553,6 +553,7 @@ def select_command(
 @click.pass_obj
 def selections(catalog: miwv.Catalog, as_json: bool) -> None:
     """List recorded selections (their samples: the selection_member table)."""
+    from terminal.changes import print_pool_changes
     from terminal.render import print_json, print_rows
 
     rows = catalog.selections()
@@ -566,8 +567,6 @@ def selections(catalog: miwv.Catalog, as_json: bool) -> None:
         "pool_size",
         "eligible",
         "selected",
-        "pool_changed",
-        "members_gone",
         "output",
         "created_at",
     ]
@@ -575,6 +574,7 @@ def selections(catalog: miwv.Catalog, as_json: bool) -> None:
         print_json({"selections": rows})
     else:
         print_rows(rows, title="selections (newest first)", columns=columns)
+        print_pool_changes(rows)
 
 
 @cli.command()

@@ -57,3 +57,15 @@ def print_history(rows: list[dict[str, Any]], dataset: str | None) -> None:
         return
     title = f"versions of dataset {dataset} (oldest first)" if dataset else "dataset versions (oldest first)"
     print_rows(rows, title=title, columns=HISTORY_COLUMNS)
+
+
+def print_pool_changes(selections: list[dict[str, Any]]) -> None:
+    """A line under the selections table for each whose pool changed since or whose members left."""
+    for row in selections:
+        changes = []
+        if row.get("pool_changed"):
+            changes.append("its pool has changed since (see `history`)")
+        if row.get("members_gone"):
+            changes.append(f"{_count(row['members_gone'], 'member')} left the catalog (not exported again)")
+        if changes:
+            _line(f"selection {row['selection_id']}: {'; '.join(changes)}")
