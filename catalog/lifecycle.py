@@ -353,7 +353,8 @@ def _purge_rows(conn, change_id: int) -> int:
     purged = "(SELECT sample_id FROM purged_sample WHERE change_id = $change_id)"
     params = {"change_id": change_id}
     db.execute(conn, f"DELETE FROM one_shot_loss WHERE sample_id IN {purged} OR neighbour_id IN {purged}", params)
-    db.execute(conn, f"DELETE FROM zero_shot_loss WHERE sample_id IN {purged}", params)
+    for table in ("zero_shot_loss", "response_loss"):
+        db.execute(conn, f"DELETE FROM {table} WHERE sample_id IN {purged}", params)
     db.execute(conn, f"DELETE FROM neighbour_link WHERE sample_id IN {purged} OR neighbour_id IN {purged}", params)
     db.execute(conn, f"DELETE FROM score_current WHERE sample_id IN {purged}", params)
     count = db.execute(conn, f"DELETE FROM sample WHERE sample_id IN {purged}", params)[0][0]

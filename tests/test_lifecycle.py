@@ -198,6 +198,7 @@ def test_purge_deletes_text_losses_links_and_vectors_and_keeps_the_selection_his
     with catalog.write() as conn:
         db.execute(conn, "INSERT INTO scorer VALUES (1, 'm', 'src', 'fp', 'chat', 64, 'float32', now(), 2, 'h', 't')")
         db.execute(conn, "INSERT INTO zero_shot_loss SELECT sample_id, 1, 'ok', 2, 1, 2, 9, 1, now() FROM sample")
+        db.execute(conn, "INSERT INTO response_loss SELECT sample_id, 1, 'ok', 3, 1, 3, 2, 1, now() FROM sample")
         db.execute(
             conn,
             """INSERT INTO selection (selection_id, strategy, pool_size, eligible, selected, sql, created_at)
@@ -217,6 +218,7 @@ def test_purge_deletes_text_losses_links_and_vectors_and_keeps_the_selection_his
     for sql in (
         "SELECT count(*) FROM sample WHERE sample_id IN (SELECT sample_id FROM purged_sample)",
         "SELECT count(*) FROM zero_shot_loss WHERE sample_id IN (SELECT sample_id FROM purged_sample)",
+        "SELECT count(*) FROM response_loss WHERE sample_id IN (SELECT sample_id FROM purged_sample)",
         "SELECT count(*) FROM neighbour_link WHERE sample_id IN (SELECT sample_id FROM purged_sample)"
         " OR neighbour_id IN (SELECT sample_id FROM purged_sample)",
     ):

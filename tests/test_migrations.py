@@ -180,6 +180,31 @@ def seed_0009(conn) -> None:
     db.execute(conn, "INSERT INTO purged_sample SELECT min(sample_id), 3 FROM membership_left")
 
 
+def seed_0010(conn) -> None:
+    """Scorer 1's response-alone losses, a run screened by selection 1 with a 50% calibration
+    sample of 4 samples, and a selection made through that screen."""
+    db.execute(
+        conn,
+        """INSERT INTO response_loss
+                        SELECT sample_id, 1, 'ok', 40.0, 10, 4.0, 11, 3, '2026-11-10 10:00:00' FROM sample""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO score_run VALUES (3, 1, 1, 'cpu', 20, 20, 60, 9000, '2026-11-10 10:00:00',
+                        '2026-11-10 10:02:00', 1, 'miwv,ifd', 1, NULL, 50.0, 0)""",
+    )
+    db.execute(
+        conn,
+        "INSERT INTO score_calibration SELECT 3, sample_id FROM membership ORDER BY sample_id LIMIT 4",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO selection VALUES (2, 'smollm2-135m', 1, 'minilm', 'ifd', 5, NULL, NULL, NULL, NULL,
+                        175, 170, 5, 'WITH pool AS (...) SELECT ...', NULL, '2026-11-10 11:00:00', 3, '{"mix": 2}',
+                        '{"screen_selection_id": 1, "recall": 0.5}')""",
+    )
+
+
 SEEDS = {
     "0001": seed_0001,
     "0002": seed_0002,
@@ -190,6 +215,7 @@ SEEDS = {
     "0007": seed_0007,
     "0008": seed_0008,
     "0009": seed_0009,
+    "0010": seed_0010,
 }
 
 
