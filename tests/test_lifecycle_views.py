@@ -85,7 +85,9 @@ def add_links_and_scores(store: Catalog, scorers: int = 1) -> None:
                     conn,
                     f"""INSERT INTO scorer VALUES ({scorer}, '{MODEL}', 'SmolLM2.gguf', 'beef', '{TEMPLATES[scorer]}',
                                                   4096, 'float32', now(), 2, 'c0ffee', NULL);
-                        INSERT INTO score_run VALUES ({scorer}, {scorer}, 1, 'cpu', 40, 40, 80, 9000, now(), now(), 1);
+                        INSERT INTO score_run (run_id, scorer_id, embedder_id, device, pool, samples, passes,
+                                               tokens_run, started_at, finished_at, workers)
+                                       VALUES ({scorer}, {scorer}, 1, 'cpu', 40, 40, 80, 9000, now(), now(), 1);
                         INSERT INTO zero_shot_loss SELECT sample_id, {scorer}, 'ok', 10 * loss, 10, loss, 100,
                                                           {scorer}, now() FROM _links;
                         INSERT INTO one_shot_loss SELECT sample_id, {scorer}, neighbour_id, 'ok',
