@@ -7,6 +7,11 @@ consistent state, and the next request sees whatever a running job has committed
 
 Pages show current samples only (`samples`, `membership`, `score_current` hold no retired ones);
 the history of what left is read from the `dataset_versions` and `departures` views.
+
+A scorer with response-alone losses also has IFD and ifd_ppl (the `ifd_scores` view): its model
+page adds their summary and agreement with MIWV (the `report` statements), its samples can be sorted
+and filtered by them, a sample's page shows them beside its MIWV, and the compare page can rank
+either side by them. A scorer without response losses is read by the very statements it was before.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from catalog import db, migrate
 from catalog.datasets import require_dataset
 from catalog.errors import UserError
 from catalog.query import one_condition, run_read_only
-from catalog.report import ALL, SUMMARY_SQL
+from catalog.report import AGREEMENT_SQL, ALL, HAS_IFD_SQL, IFD_SUMMARY_SQL, SUMMARY_SQL, TOP_PERCENT
 from catalog.score import find_scorer
 from catalog.select import MEMBERS_GONE, POOL_STATE
 from catalog.status import DATASETS_SQL, EMBEDDERS_SQL, INGESTS_SQL, SCORES_SQL, catalog_status
@@ -215,6 +220,22 @@ def dataset_names(conn: sa.Connection) -> list[str]:
     return [row[0] for row in db.execute(conn, "SELECT DISTINCT dataset FROM membership ORDER BY 1")]
 
 
+def has_ifd(conn: sa.Connection, scorer_id: int) -> bool:
+    """Whether the scorer has response-alone losses for a current sample (so IFD and ifd_ppl exist)."""
+    return bool(db.execute(conn, HAS_IFD_SQL, {"scorer": scorer_id})[0][0])
+
+
+def scorers_with_ifd(conn: sa.Connection) -> set[int]:
+    return {row[0] for row in db.execute(conn, "SELECT DISTINCT scorer_id FROM ifd_scores")}
+
+
+def _no_ifd(key: ScoreKey, asked: str) -> UserError:
+    return UserError(
+        f"{asked} needs IFD, and scorer {key.scorer_id} ({key.model}) has no response-alone losses; "
+        f"score it with `score --model {key.model} --metrics miwv,ifd`"
+    )
+
+
 # ---- a model ------------------------------------------------------------------------------
 
 STATUS_SQL = """
@@ -254,13 +275,18 @@ def model_tables(
     conn: sa.Connection, key: ScoreKey, bins: int = HISTOGRAM_BINS, points: int = SCATTER_POINTS
 ) -> dict[str, Table]:
     """Per-dataset summary (the `report` statement), status counts, histogram bins, and a fixed
-    pseudo-random subset of (L_zero, L_one) points for the scatter plot."""
-    return {
+    pseudo-random subset of (L_zero, L_one) points for the scatter plot; for a scorer with response
+    losses also `report`'s IFD summary per dataset and the agreement of MIWV and IFD."""
+    tables = {
         "summary": fetch(conn, "summary", SUMMARY_SQL, {**_of(key), "all": ALL}),
         "status": fetch(conn, "status", STATUS_SQL, _of(key)),
         "histogram": fetch(conn, "histogram", HISTOGRAM_SQL, {**_of(key), "bins": bins}),
         "points": _with_texts(conn, fetch(conn, "points", POINTS_SQL, {**_of(key), "limit": points})),
     }
+    if has_ifd(conn, key.scorer_id):
+        tables["ifd"] = fetch(conn, "ifd", IFD_SUMMARY_SQL, {"scorer": key.scorer_id, "all": ALL})
+        tables["agreement"] = fetch(conn, "agreement", AGREEMENT_SQL, {**_of(key), "percent": TOP_PERCENT})
+    return tables
 
 
 # ---- one model's samples, keyset-paged ----------------------------------------------------
@@ -271,8 +297,12 @@ SORTS = {
     "one_shot_loss": "m.one_shot_loss",
     "similarity": "m.similarity",
     "n_response_tokens": "m.n_response_tokens",
+    "response_loss": "m.response_loss",
+    "ifd": "m.ifd",
+    "ifd_ppl": "m.ifd_ppl",
 }
-RANGES = ("miwv", "zero_shot_loss", "one_shot_loss", "similarity")
+RANGES = ("miwv", "zero_shot_loss", "one_shot_loss", "similarity", "response_loss", "ifd", "ifd_ppl")
+IFD_COLUMNS = ("response_loss", "ifd", "ifd_ppl")  # sorts and ranges only a scorer with response losses has
 STATUSES = ("ok", "too_long", "too_long_one_shot", "no_neighbour")
 
 
@@ -323,6 +353,18 @@ PAGE_COLUMNS = """m.sample_id, m.status, m.miwv, m.zero_shot_loss, m.one_shot_lo
        m.n_response_tokens, m.neighbour_id"""
 DOWNLOAD_COLUMNS = """m.sample_id, s.datasets, m.status, m.miwv, m.zero_shot_loss, m.one_shot_loss, m.similarity,
        m.n_response_tokens, m.neighbour_id, m.example_truncated, s.user_text, s.response"""
+IFD_PAGE_COLUMNS = ", m.response_loss, m.ifd, m.ifd_ppl"
+# A scorer with response losses: its MIWV rows and its IFD rows side by side, so the list holds every
+# sample with either (one scored for IFD alone, a screen's `--metrics ifd`, has no MIWV row). status
+# is MIWV's, else IFD's; ifd and ifd_ppl are shown only where defined (status ok in `ifd_scores`).
+IFD_SOURCE = """(SELECT coalesce(c.sample_id, i.sample_id) AS sample_id, coalesce(c.status, i.status) AS status, c.miwv,
+        coalesce(c.zero_shot_loss, i.zero_shot_loss) AS zero_shot_loss, c.one_shot_loss, c.similarity,
+        coalesce(c.n_response_tokens, i.n_response_tokens) AS n_response_tokens, c.neighbour_id, c.example_truncated,
+        i.response_loss, i.ifd, i.ifd_ppl
+ FROM (SELECT * FROM score_current WHERE scorer_id = $scorer AND embedder_id = $embedder) c
+ FULL JOIN (SELECT sample_id, status, zero_shot_loss, n_response_tokens, response_loss,
+                   CASE WHEN status = 'ok' THEN ifd END AS ifd, CASE WHEN status = 'ok' THEN ifd_ppl END AS ifd_ppl
+            FROM ifd_scores WHERE scorer_id = $scorer) i ON i.sample_id = c.sample_id) m"""
 # A page's texts and datasets, read from the tables for its ids alone: through the `samples`
 # view, DuckDB grouped all of `membership` first (seconds at 1M samples for 1,500 ids).
 PAGE_TEXTS_SQL = """
@@ -344,7 +386,8 @@ def samples_page(conn: sa.Connection, key: ScoreKey, query: SampleQuery) -> Samp
     read-only check of `cli.py sql`, because `query.where` is user SQL."""
     backward = query.before is not None and query.after is None
     cursor = query.before if backward else query.after
-    sql = _samples_sql(conn, key, query, PAGE_COLUMNS, cursor, backward, query.limit + 1)
+    columns = PAGE_COLUMNS + (IFD_PAGE_COLUMNS if has_ifd(conn, key.scorer_id) else "")
+    sql = _samples_sql(conn, key, query, columns, cursor, backward, query.limit + 1)
     table = _run_filtered(conn, "samples", sql, query.where)
     rows = table.rows[: query.limit]
     more = len(table.rows) > query.limit
@@ -386,7 +429,8 @@ def _with_texts(conn: sa.Connection, table: Table) -> Table:
 
 def samples_download(conn: sa.Connection, key: ScoreKey, query: SampleQuery) -> Table:
     """Every sample `query` matches (all pages), in its order, with full texts."""
-    sql = _samples_sql(conn, key, query, DOWNLOAD_COLUMNS, join_samples=True)
+    columns = DOWNLOAD_COLUMNS + (IFD_PAGE_COLUMNS if has_ifd(conn, key.scorer_id) else "")
+    sql = _samples_sql(conn, key, query, columns, join_samples=True)
     return _run_filtered(conn, "samples", sql, query.where)
 
 
@@ -427,7 +471,12 @@ def _samples_sql(
         raise UserError(f"unknown status {query.status!r}; use one of {', '.join(STATUSES)}")
     require_dataset(conn, query.dataset)
     params: dict[str, Any] = _of(key)
-    conditions = ["m.scorer_id = $scorer", "m.embedder_id = $embedder"]
+    ifd = has_ifd(conn, key.scorer_id)
+    needs_ifd = sorted({query.sort, *query.ranges} & set(IFD_COLUMNS))
+    if needs_ifd and not ifd:
+        raise _no_ifd(key, f"sorting or filtering by {needs_ifd[0]}")
+    source = IFD_SOURCE if ifd else "score_current m"
+    conditions = [] if ifd else ["m.scorer_id = $scorer", "m.embedder_id = $embedder"]
     if query.dataset is not None:
         conditions.append("m.sample_id IN (SELECT sample_id FROM membership WHERE dataset = $dataset)")
         params["dataset"] = query.dataset
@@ -444,7 +493,7 @@ def _samples_sql(
             if value is not None:
                 if not math.isfinite(value):
                     raise UserError(f"{name}_{bound} must be a finite number")
-                conditions.append(f"m.{name} {op} ${name}_{bound}")
+                conditions.append(f"{SORTS[name]} {op} ${name}_{bound}")
                 params[f"{name}_{bound}"] = float(value)
     column, ahead = SORTS[query.sort], query.descending != backward
     if cursor is not None:
@@ -453,9 +502,9 @@ def _samples_sql(
     direction = "DESC" if ahead else "ASC"
     nulls = "FIRST" if backward else "LAST"
     order = f"ORDER BY {column} {direction} NULLS {nulls}, m.sample_id {'DESC' if backward else 'ASC'}"
-    where = "\n  AND ".join(conditions)
+    where = "\n  AND ".join(conditions) or "true"
     join = " JOIN samples s USING (sample_id)" if join_samples or query.where or query.search else ""
-    head = inline(f"SELECT {columns}\nFROM score_current m{join}\nWHERE {where}", params)
+    head = inline(f"SELECT {columns}\nFROM {source}{join}\nWHERE {where}", params)
     # The user's condition is added after inlining: a $ in it is theirs, not a parameter.
     user = f"\n  AND ({_user_condition(query.where)})" if query.where else ""
     return head + user + f"\n{order}" + (f"\nLIMIT {int(limit)}" if limit else "")
@@ -490,9 +539,13 @@ NEIGHBOURS_SQL = """
 """
 
 # Rank: position by MIWV, highest first, ties to the smaller sample_id (as `select` ranks).
+# response_loss, ifd, ifd_ppl: from `ifd_scores` where the scorer has the response-alone loss
+# (ifd and ifd_ppl only where defined: ifd_status ok); NULL otherwise.
 SAMPLE_SCORES_SQL = """
     SELECT m.model, m.scorer_id, m.template, m.max_length, m.embedder, m.embedder_id, m.status,
-           m.zero_shot_loss, m.one_shot_loss, m.miwv, m.n_response_tokens, m.example_truncated,
+           m.zero_shot_loss, m.one_shot_loss, m.miwv, i.response_loss,
+           CASE WHEN i.status = 'ok' THEN i.ifd END AS ifd, CASE WHEN i.status = 'ok' THEN i.ifd_ppl END AS ifd_ppl,
+           i.status AS ifd_status, m.n_response_tokens, m.example_truncated,
            m.neighbour_id, m.similarity, c.source, c.fingerprint, c.template_revision, c.template_hash, c.template_text,
            CASE WHEN m.status = 'ok' THEN 1 + (
                SELECT count(*) FROM score_current r
@@ -500,7 +553,9 @@ SAMPLE_SCORES_SQL = """
                  AND (r.miwv > m.miwv OR (r.miwv = m.miwv AND r.sample_id < m.sample_id))) END AS rank,
            (SELECT count(*) FROM score_current r
             WHERE r.scorer_id = m.scorer_id AND r.embedder_id = m.embedder_id AND r.status = 'ok') AS ranked
-    FROM miwv_scores m JOIN scorer c USING (scorer_id) WHERE m.sample_id = $id
+    FROM miwv_scores m JOIN scorer c USING (scorer_id)
+         LEFT JOIN ifd_scores i ON i.sample_id = m.sample_id AND i.scorer_id = m.scorer_id
+    WHERE m.sample_id = $id
     ORDER BY m.scorer_id, m.embedder_id
 """
 
@@ -623,54 +678,97 @@ def selection_diff(conn: sa.Connection, a: int, b: int, limit: int | None = None
 _SIDES = {"only_a": "a", "only_b": "b", "both": "both"}
 
 
-# ---- two models on one pool ---------------------------------------------------------------
+# ---- two scorers on one pool --------------------------------------------------------------
 
-# The pool: samples both scorers scored ('ok'), each with its own embedder's neighbours. Ranks
-# are by MIWV, highest first, ties to the smaller sample_id; Spearman's correlation is Pearson's
-# over the ranks (as in examples/compare_models.sql).
-_COMPARE_POOL = """
-    WITH a AS (SELECT sample_id, miwv FROM score_current
-               WHERE scorer_id = $a_scorer AND embedder_id = $a_embedder AND status = 'ok'),
-         b AS (SELECT sample_id, miwv FROM score_current
-               WHERE scorer_id = $b_scorer AND embedder_id = $b_embedder AND status = 'ok'),
-         pool AS (SELECT sample_id, a.miwv AS miwv_a, b.miwv AS miwv_b,
-                         rank() OVER (ORDER BY a.miwv DESC, sample_id) AS rank_a,
-                         rank() OVER (ORDER BY b.miwv DESC, sample_id) AS rank_b
+# What each side of a comparison may rank by: MIWV (with its embedder's neighbours), or the
+# scorer's IFD or ifd_ppl (they need no neighbours). Only defined scores (status ok) take part.
+COMPARE_SCORES = ("miwv", "ifd", "ifd_ppl")
+SCREEN_PERCENTS = (1, 2, 5, 10, 20, 30, 50, 75, 100)  # the curve's screening fractions
+
+
+def _side(name: str, score: str) -> str:
+    if score == "miwv":
+        return (
+            f"SELECT sample_id, miwv AS score FROM score_current "
+            f"WHERE scorer_id = ${name}_scorer AND embedder_id = ${name}_embedder AND status = 'ok'"
+        )
+    return f"SELECT sample_id, {score} AS score FROM ifd_scores WHERE scorer_id = ${name}_scorer AND status = 'ok'"
+
+
+# The pool: samples both sides scored. Ranks are highest first, ties to the smaller sample_id (as
+# `select` ranks); Spearman's correlation is Pearson's over the ranks (as in examples/compare_models.sql).
+def _compare_pool(a_score: str, b_score: str) -> str:
+    return f"""
+    WITH a AS ({_side("a", a_score)}),
+         b AS ({_side("b", b_score)}),
+         pool AS (SELECT sample_id, a.score AS score_a, b.score AS score_b,
+                         rank() OVER (ORDER BY a.score DESC, sample_id) AS rank_a,
+                         rank() OVER (ORDER BY b.score DESC, sample_id) AS rank_b
                   FROM a JOIN b USING (sample_id))"""
 
-COMPARE_SUMMARY_SQL = (
-    _COMPARE_POOL
-    + """
+
+COMPARE_SUMMARY_SQL = """
     SELECT count(*) AS pool, $top AS top_k,
            count(*) FILTER (WHERE rank_a <= $top AND rank_b <= $top) AS top_k_overlap,
            round(top_k_overlap / least($top, count(*)), 4) AS top_k_overlap_share,
            round(corr(rank_a, rank_b), 4) AS spearman,
-           round(corr(miwv_a, miwv_b), 4) AS pearson
+           round(corr(score_a, score_b), 4) AS pearson
     FROM pool
 """
-)
 
-COMPARE_TOP_SQL = (
-    _COMPARE_POOL
-    + """
-    SELECT sample_id, rank_a, rank_b, miwv_a, miwv_b, left(s.user_text, 160) AS user_text
+COMPARE_TOP_SQL = """
+    SELECT sample_id, rank_a, rank_b, score_a AS {a}_a, score_b AS {b}_b, left(s.user_text, 160) AS user_text
     FROM pool JOIN samples s USING (sample_id)
     WHERE rank_a <= $top OR rank_b <= $top
     ORDER BY least(rank_a, rank_b), rank_a
 """
-)
+
+# The agreement curve: for each screening fraction, A's top screen_percent% of the pool (rounded,
+# at least 1, as `select --top-percent` counts) and how many of B's top K% (top_k) it keeps.
+COMPARE_CURVE_SQL = f""",
+    sizes AS (SELECT count(*) AS pool, greatest(1, floor(count(*) * $top_percent / 100 + 0.5))::BIGINT AS top_k
+                FROM pool HAVING count(*) > 0),
+    screens AS (SELECT screen_percent, greatest(1, floor(pool * screen_percent / 100 + 0.5))::BIGINT AS screened, top_k
+                FROM sizes, (SELECT unnest([{", ".join(map(str, SCREEN_PERCENTS))}]) AS screen_percent)),
+    top_b AS (SELECT rank_a FROM pool, sizes WHERE rank_b <= top_k)
+    SELECT s.screen_percent, s.screened, s.top_k, count(t.rank_a) AS kept,
+           round(count(t.rank_a) / s.top_k, 4) AS recall
+    FROM screens s LEFT JOIN top_b t ON t.rank_a <= s.screened
+    GROUP BY s.screen_percent, s.screened, s.top_k ORDER BY s.screen_percent
+"""
 
 
-def compare_scores(conn: sa.Connection, a: ScoreKey, b: ScoreKey, top_k: int | None = None) -> dict[str, Table]:
-    """Two models' MIWV on the samples both scored: Spearman and Pearson correlation, and how many
-    of each one's top K the other also ranks in its top K (default: 10% of that pool, at least 1)."""
+def compare_scores(
+    conn: sa.Connection,
+    a: ScoreKey,
+    b: ScoreKey,
+    top_k: int | None = None,
+    a_score: str = "miwv",
+    b_score: str = "miwv",
+    top_percent: float = TOP_PERCENT,
+) -> dict[str, Table]:
+    """Two scorers on the samples both scored, each side ranked by `a_score` / `b_score` (one of
+    COMPARE_SCORES): Spearman and Pearson correlation, how many of each one's top K the other also
+    ranks in its top K (default: 10% of that pool, at least 1), and the agreement curve: for each of
+    SCREEN_PERCENTS, the share of B's top `top_percent`% that A's top that-percent keeps (what a
+    screen by A would keep of what B would select)."""
+    for side, score, key in (("a", a_score, a), ("b", b_score, b)):
+        if score not in COMPARE_SCORES:
+            raise UserError(f"{side}_score must be one of {', '.join(COMPARE_SCORES)}, not {score!r}")
+        if score != "miwv" and not has_ifd(conn, key.scorer_id):
+            raise _no_ifd(key, f"ranking side {side.upper()} by {score}")
+    if not (isinstance(top_percent, int | float) and 0 < top_percent <= 100):
+        raise UserError(f"top_percent must be a number above 0 and at most 100, not {top_percent!r}")
     params = {"a_scorer": a.scorer_id, "a_embedder": a.embedder_id}
-    params |= {"b_scorer": b.scorer_id, "b_embedder": b.embedder_id}
+    params |= {"b_scorer": b.scorer_id, "b_embedder": b.embedder_id, "top_percent": float(top_percent)}
+    pool = _compare_pool(a_score, b_score)
     if top_k is None:
-        pool = db.execute(conn, inline(_COMPARE_POOL + "\nSELECT count(*) FROM pool", params))[0][0]
-        top_k = max(1, math.floor(pool / 10 + 0.5))
+        size = db.execute(conn, inline(pool + "\nSELECT count(*) FROM pool", params))[0][0]
+        top_k = max(1, math.floor(size / 10 + 0.5))
     params["top"] = int(top_k)
+    top = COMPARE_TOP_SQL.format(a=a_score, b=b_score)
     return {
-        "summary": fetch(conn, "summary", COMPARE_SUMMARY_SQL, params),
-        "top": fetch(conn, "top", COMPARE_TOP_SQL, params),
+        "summary": fetch(conn, "summary", pool + COMPARE_SUMMARY_SQL, params),
+        "curve": fetch(conn, "curve", pool + COMPARE_CURVE_SQL, params),
+        "top": fetch(conn, "top", pool + top, params),
     }

@@ -4,6 +4,12 @@ Users look at this before choosing K: how many samples are scored, where MIWV si
 often an example hurt (MIWV > 0), how similar the examples were, and L_zero against L_one.
 Only current samples count: both statements read `score_current` (a retired sample's rows there
 are deleted when it retires) with the current memberships (`membership`, `samples`).
+
+When the scorer also has response-alone losses (`score --metrics miwv,ifd`), the report adds the
+baselines beside MIWV: IFD and ifd_ppl per dataset (from the `ifd_scores` view, current samples
+only) and how far MIWV and IFD agree on the samples that have both, so a user sees on their own
+data whether the two scores would pick the same samples. Without response losses the report is
+exactly what it was.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import sqlalchemy as sa
 
 from catalog import db
 from catalog.errors import UserError
@@ -26,6 +34,8 @@ class Report:
     summary: list[dict]  # one row per dataset, then ALL
     files: list[Path]
     scorer: str  # which scorer and template the losses come from
+    # {"summary": rows per dataset then ALL, "agreement": one row or None}; None: the scorer has no response losses
+    ifd: dict | None = None
 
 
 SUMMARY_SQL = """
@@ -52,6 +62,69 @@ SUMMARY_SQL = """
     FROM summary WHERE scored > 0 ORDER BY dataset = $all, dataset
 """
 
+# Does the scorer have response-alone losses for a current sample (then IFD can be shown)?
+HAS_IFD_SQL = "SELECT EXISTS (SELECT 1 FROM ifd_scores WHERE scorer_id = $scorer) AS has_ifd"
+
+# IFD = L(y|x) / L(y) (Cherry LLM), ifd_ppl = exp(L(y|x) - L(y)) (Superfiltering), per dataset and
+# over every (sample, dataset) row as SUMMARY_SQL counts; only samples whose IFD is defined (status ok).
+IFD_SUMMARY_SQL = """
+    WITH scored AS (
+        SELECT i.sample_id, i.ifd, i.ifd_ppl, i.response_loss, d.dataset
+        FROM ifd_scores i JOIN membership d USING (sample_id)
+        WHERE i.scorer_id = $scorer AND i.status = 'ok'
+    ),
+    summary AS (
+        SELECT CASE WHEN grouping(dataset) = 1 THEN $all ELSE dataset END AS dataset,
+               count(DISTINCT sample_id) AS scored,
+               quantile_cont(ifd, [0.25, 0.5, 0.75]) AS q,
+               quantile_cont(ifd_ppl, [0.25, 0.5, 0.75]) AS p,
+               round(avg((ifd <= 1)::INTEGER), 4) AS ifd_at_most_1,
+               round(avg((ifd_ppl < 1)::INTEGER), 4) AS ifd_ppl_below_1,
+               round(avg(response_loss), 4) AS l_response
+        FROM scored GROUP BY GROUPING SETS ((dataset), ()))
+    SELECT dataset, scored,
+           round(q[1], 4) AS ifd_p25, round(q[2], 4) AS ifd_median, round(q[3], 4) AS ifd_p75,
+           round(p[1], 4) AS ifd_ppl_p25, round(p[2], 4) AS ifd_ppl_median, round(p[3], 4) AS ifd_ppl_p75,
+           ifd_at_most_1, ifd_ppl_below_1, l_response
+    FROM summary WHERE scored > 0 ORDER BY dataset = $all, dataset
+"""
+
+TOP_PERCENT = 5  # the agreement's top share, as `select --top-percent 5` counts it
+
+# MIWV against IFD on the samples that have both (status ok): Spearman's correlation is Pearson's
+# over the ranks (highest first, ties to the smaller sample_id, as `select` ranks); the overlap is
+# how many of MIWV's top K (K = 5% of those samples, rounded, at least 1) are in IFD's top K.
+# No row when no sample has both.
+AGREEMENT_SQL = """
+    WITH both_scores AS (
+        SELECT m.sample_id, m.miwv, i.ifd
+        FROM score_current m JOIN ifd_scores i ON i.sample_id = m.sample_id AND i.scorer_id = m.scorer_id
+        WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok' AND i.status = 'ok'
+    ),
+    ranked AS (
+        SELECT row_number() OVER (ORDER BY miwv DESC, sample_id) AS rank_miwv,
+               row_number() OVER (ORDER BY ifd DESC, sample_id) AS rank_ifd
+        FROM both_scores
+    ),
+    top AS (SELECT greatest(1, floor(count(*) * $percent / 100 + 0.5))::BIGINT AS top_k FROM both_scores)
+    SELECT count(*) AS samples, round(corr(rank_miwv, rank_ifd), 4) AS spearman, $percent AS top_percent, top_k,
+           count(*) FILTER (WHERE rank_miwv <= top_k AND rank_ifd <= top_k) AS top_overlap,
+           round(top_overlap / top_k, 4) AS top_overlap_share
+    FROM ranked, top GROUP BY top_k
+"""
+
+
+def ifd_figures(conn: sa.Connection, scorer_id: int, embedder_id: int) -> dict | None:
+    """The IFD section's figures (see Report.ifd), or None when the scorer has no response losses."""
+    params = {"scorer": scorer_id}
+    if not db.execute(conn, HAS_IFD_SQL, params)[0][0]:
+        return None
+    agreement = db.records(conn, AGREEMENT_SQL, {**params, "embedder": embedder_id, "percent": TOP_PERCENT})
+    return {
+        "summary": db.records(conn, IFD_SUMMARY_SQL, {**params, "all": ALL}),
+        "agreement": agreement[0] if agreement else None,
+    }
+
 
 def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str, out_dir: str | Path) -> Report:
     """Write summary.md, miwv_histogram.png and losses.png to the folder `out_dir`: a new one, or one
@@ -72,17 +145,18 @@ def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str,
             WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'""",
             params,
         )
+        ifd = ifd_figures(conn, scorer_id, embedder_id)
     scorer = f"scorer {scorer_id}: template {template} (revision {revision})"
     with staged(out) as stage:
         stage.path.mkdir()
         (stage.path / MARKER).write_text("written by miwv-catalog `report --out`; it may replace this folder\n")
-        written = [_markdown(summary, model, scorer, stage.path / "summary.md")]
+        written = [_markdown(summary, model, scorer, stage.path / "summary.md", ifd)]
         if points:
             written += [
                 _histogram(points, model, stage.path / "miwv_histogram.png"),
                 _losses(points, model, stage.path / "losses.png"),
             ]
-    return Report(summary, [out / path.name for path in written], scorer)
+    return Report(summary, [out / path.name for path in written], scorer, ifd)
 
 
 def check_out(catalog: Catalog, out_dir: str | Path) -> Path:
@@ -94,8 +168,7 @@ def check_out(catalog: Catalog, out_dir: str | Path) -> Path:
     return out
 
 
-def _markdown(summary: list[dict], model: str, scorer: str, path: Path) -> Path:
-    columns = list(summary[0]) if summary else ["dataset", "scored"]
+def _markdown(summary: list[dict], model: str, scorer: str, path: Path, ifd: dict | None = None) -> Path:
     lines = [
         f"# MIWV of {model}",
         "",
@@ -105,12 +178,44 @@ def _markdown(summary: list[dict], model: str, scorer: str, path: Path) -> Path:
         "p05..p95: MIWV quantiles; positive: share with MIWV > 0; sim_*: neighbour-similarity quartiles;",
         "l_zero, l_one: mean losses; corr: their correlation. A sample in two datasets counts in both.",
         "",
-        "| " + " | ".join(columns) + " |",
-        "|" + "---|" * len(columns),
+        *_table(summary, ["dataset", "scored"]),
     ]
-    lines += ["| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |" for row in summary]
+    if ifd is not None:
+        lines += ["", *_ifd_markdown(ifd)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def _table(rows: list[dict], empty_columns: list[str]) -> list[str]:
+    columns = list(rows[0]) if rows else empty_columns
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join("" if row[c] is None else str(row[c]) for c in columns) + " |" for row in rows]
+
+
+def _ifd_markdown(ifd: dict) -> list[str]:
+    lines = [
+        "## IFD and Superfiltering",
+        "",
+        "IFD = L(y|x) / L(y) (Cherry LLM): the response's zero-shot loss over its loss alone (one start token",
+        "before it). ifd_ppl = exp(L(y|x) - L(y)) (Superfiltering): the same comparison as a perplexity ratio.",
+        "High: the prompt helps the model little with the response. Below 1: the prompt helps. Cherry LLM keeps",
+        "IFD <= 1, Superfiltering keeps ifd_ppl < 1, then each takes the highest first.",
+        "ifd_*, ifd_ppl_*: quartiles; ifd_at_most_1, ifd_ppl_below_1: the shares those filters keep;",
+        "l_response: mean loss of the response alone. A sample in two datasets counts in both.",
+        "",
+        *_table(ifd["summary"], ["dataset", "scored"]),
+        "",
+    ]
+    agreement = ifd["agreement"]
+    if agreement is None:
+        return lines + ["No sample has both MIWV and IFD, so their agreement cannot be measured."]
+    return lines + [
+        f"MIWV against IFD over the {agreement['samples']} samples that have both:",
+        f"- Spearman rank correlation {agreement['spearman']} (1: the same order, 0: unrelated, -1: reversed).",
+        f"- Top {agreement['top_percent']}%: {agreement['top_overlap']} of MIWV's top {agreement['top_k']} are also in "
+        f"IFD's top {agreement['top_k']} (share {agreement['top_overlap_share']}; two unrelated scores would share "
+        f"about {agreement['top_percent']}%).",
+    ]
 
 
 def _by_dataset(points: list[dict]) -> dict[str, list[dict]]:

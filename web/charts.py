@@ -1,4 +1,4 @@
-"""Chart geometry for the model page, drawn as inline SVG by the templates.
+"""Chart geometry for the model and compare pages, drawn as inline SVG by the templates.
 
 No chart library: every mark is an SVG element whose text goes through Jinja's escaping, so
 sample text in a tooltip never becomes markup. The plot's data ranges ride on the <svg> as
@@ -83,6 +83,17 @@ class Point:
 
 
 @dataclass(frozen=True)
+class CurvePoint:
+    x: float
+    y: float
+    screen_percent: int
+    screened: int
+    kept: int
+    top_k: int
+    recall: float
+
+
+@dataclass(frozen=True)
 class Chart:
     frame: Frame
     marks: list  # Bars or Points
@@ -150,6 +161,28 @@ def scatter(rows: list[dict]) -> Chart | None:
         for r in rows
     ]
     return Chart(frame, points, list(palette.items()))
+
+
+def curve(rows: list[dict]) -> Chart | None:
+    """The compare page's agreement curve from (screen_percent, screened, top_k, kept, recall) rows:
+    x the share of A's ranking screened (%), y the share of B's top K kept, from (0, 0); None when
+    the pool is empty."""
+    if not rows:
+        return None
+    frame = Frame(0, 100, 0, 1)
+    points = [
+        CurvePoint(
+            frame.x(r["screen_percent"]),
+            frame.y(r["recall"]),
+            r["screen_percent"],
+            r["screened"],
+            r["kept"],
+            r["top_k"],
+            r["recall"],
+        )
+        for r in rows
+    ]
+    return Chart(frame, points, [])
 
 
 def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:

@@ -74,6 +74,7 @@ def samples(request: Request) -> Response:
     with _read(request) as conn:
         key = _key(request, conn, name)
         datasets = ex.dataset_names(conn)
+        shown = _shown_scores(ex.has_ifd(conn, key.scorer_id))
         try:
             query = _sample_query(request)
             page_size = query.limit
@@ -94,8 +95,8 @@ def samples(request: Request) -> Response:
         key=key,
         datasets=datasets,
         statuses=ex.STATUSES,
-        sorts=ex.SORTS,
-        ranges=ex.RANGES,
+        sorts=[name for name in ex.SORTS if name in shown],
+        ranges=[name for name in ex.RANGES if name in shown],
         result=result,
         error=error,
         form=request.query_params,
@@ -153,19 +154,34 @@ def selection_diff(request: Request) -> Response:
     return _tables_or_page(request, tables, "selection_diff.html", a=chosen[a], b=chosen[b], shown=DIFF_ROWS)
 
 
-@takes("a", "b", "top")
+@takes("a", "b", "top", "a_score", "b_score", "top_percent")
 def compare(request: Request) -> Response:
     with _read(request) as conn:
         keys = ex.score_keys(conn)
+        with_ifd = ex.scorers_with_ifd(conn)
         a_id, b_id = _int(request, "a"), _int(request, "b")
+        scores = {side: request.query_params.get(f"{side}_score", "").strip() or "miwv" for side in ("a", "b")}
+        top_percent = _float(request, "top_percent")
+        if top_percent is None:
+            top_percent = ex.TOP_PERCENT
+        context = {"keys": keys, "with_ifd": with_ifd, "scores": scores, "top_percent": top_percent}
         if a_id is None or b_id is None:
-            return page(request, "compare.html", keys=keys, a=None, b=None, tables=None, top=None)
+            return page(request, "compare.html", a=None, b=None, tables=None, top=None, curve=None, **context)
         a, b = (ex.find_scores(conn, None, scorer_id) for scorer_id in (a_id, b_id))
         top = _int(request, "top")
         if top is not None and top < 1:
             raise UserError("top must be at least 1")
-        tables = ex.compare_scores(conn, a, b, top)
-    return _tables_or_page(request, tables, "compare.html", keys=keys, a=a, b=b, top=tables["summary"].rows[0]["top_k"])
+        tables = ex.compare_scores(conn, a, b, top, scores["a"], scores["b"], top_percent)
+    return _tables_or_page(
+        request,
+        tables,
+        "compare.html",
+        a=a,
+        b=b,
+        top=tables["summary"].rows[0]["top_k"],
+        curve=charts.curve(tables["curve"].rows),
+        **context,
+    )
 
 
 def _catalog(request: Request) -> Catalog:
@@ -264,6 +280,11 @@ def _with(request: Request, **changes: str | None) -> str:
     params = {k: v for k, v in request.query_params.items() if k not in changes}
     params.update({k: v for k, v in changes.items() if v is not None})
     return request.url.path + ("?" + urlencode(params) if params else "")
+
+
+def _shown_scores(has_ifd: bool) -> set[str]:
+    """The sort and range columns a samples page offers: the IFD ones only for a scorer that has them."""
+    return {name for name in ex.SORTS if has_ifd or name not in ex.IFD_COLUMNS}
 
 
 def _samples_url(key: ex.ScoreKey) -> str:
