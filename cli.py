@@ -23,6 +23,7 @@ from catalog.choices import (
     EXPORT_FORMATS,
     EXPORT_SHAPES,
     EXPORT_TARGETS,
+    METRICS,
     NEIGHBOUR_METHODS,
     POOLINGS,
     RECORD_SHAPES,
@@ -414,6 +415,27 @@ def neighbours(
     show_default=True,
     help="GPUs of one node each Ray worker spreads its model over (a model too big for one GPU).",
 )
+@click.option(
+    "--metrics",
+    default="miwv",
+    show_default=True,
+    help=f"What to compute, comma-separated: {', '.join(METRICS)} (miwv: zero- and one-shot passes; ifd: zero-shot "
+    "and response-alone passes, for --strategy ifd and superfilter).",
+)
+@click.option(
+    "--pool",
+    metavar="selection:ID",
+    help="Score only the current members of this recorded selection (a screen: see `selections`).",
+)
+@click.option("--where", help="Score only the samples matching this SQL condition on the `samples` view.")
+@click.option(
+    "--calibrate",
+    type=float,
+    metavar="P",
+    help="With --pool or --where: also score a seeded random P% of the full pool (0 < P <= 100), so that "
+    "`select` can estimate what share of this model's top K% the screen kept.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --calibrate sample.")
 @json_option
 @click.pass_obj
 def score(
@@ -431,10 +453,16 @@ def score(
     workers: int | None,
     ray_address: str | None,
     gpus_per_worker: int,
+    metrics: str,
+    pool: str | None,
+    where: str | None,
+    calibrate: float | None,
+    seed: int,
     as_json: bool,
 ) -> None:
-    """Compute the MIWV losses of MODEL that are missing: zero-shot where absent, one-shot where
-    there is none for the sample's current neighbour. Interrupt and rerun at will."""
+    """Compute the losses of MODEL that are missing: zero-shot where absent, one-shot where there
+    is none for the sample's current neighbour (and, with --metrics ifd, the response alone where
+    absent). Interrupt and rerun at will."""
     from terminal.render import print_scored
 
     result = catalog.score(
@@ -451,6 +479,11 @@ def score(
         workers=workers,
         ray_address=ray_address,
         gpus_per_worker=gpus_per_worker,
+        metrics=metrics,
+        pool=pool,
+        where=where,
+        calibrate=calibrate,
+        seed=seed,
     )
     emit(result, as_json, print_scored)
 
@@ -481,7 +514,8 @@ def models(as_json: bool) -> None:
     type=click.Choice(list(STRATEGIES)),
     default="miwv",
     show_default=True,
-    help="Ranking: the paper's MIWV, or an ablation baseline.",
+    help="Ranking: the paper's MIWV, an ablation, IFD (Cherry LLM: IFD <= 1, highest first) or superfilter "
+    "(Superfiltering: ifd_ppl < 1, highest first; both need `score --metrics ifd`).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of --strategy random.")
 @click.option("--dataset", help="Pool: samples of this dataset (default: the whole catalog).")
@@ -554,7 +588,7 @@ def select_command(
 def selections(catalog: miwv.Catalog, as_json: bool) -> None:
     """List recorded selections (their samples: the selection_member table)."""
     from terminal.changes import print_pool_changes
-    from terminal.render import print_json, print_rows
+    from terminal.render import print_cascades, print_json, print_rows
 
     rows = catalog.selections()
     columns = [
@@ -575,6 +609,7 @@ def selections(catalog: miwv.Catalog, as_json: bool) -> None:
     else:
         print_rows(rows, title="selections (newest first)", columns=columns)
         print_pool_changes(rows)
+        print_cascades(rows)
 
 
 @cli.command()

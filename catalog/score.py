@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -51,16 +52,21 @@ class PendingSample:
     need_one: bool
     fields: AlpacaFields | None = None
     neighbour_fields: AlpacaFields | None = None
+    need_response: bool = False  # the response alone (IFD's denominator)
 
 
 class PassKind(StrEnum):
-    """Which loss a pass computes: without an example, or after its neighbour as the example."""
+    """Which loss a pass computes: without an example, after its neighbour as the example, or of the
+    response alone (no prompt: one start token before it)."""
 
     ZERO = "zero"
     ONE = "one"
+    RESPONSE = "response"
 
 
-LOSS_TABLES = {PassKind.ZERO: "zero_shot_loss", PassKind.ONE: "one_shot_loss"}
+LOSS_TABLES = {PassKind.ZERO: "zero_shot_loss", PassKind.ONE: "one_shot_loss", PassKind.RESPONSE: "response_loss"}
+
+DEFAULT_METRICS = ("miwv",)  # of choices.METRICS: what a score run computes unless asked for more
 
 
 @dataclass(frozen=True)
@@ -70,7 +76,7 @@ class PassResult:
     kind: PassKind
     sample_id: int
     neighbour_id: int | None
-    status: str  # "ok", "too_long", "too_long_one_shot"
+    status: str  # "ok", "too_long", "too_long_one_shot"; a response pass: "ok", "too_long"
     sum_nll: float | None = None
     n_response_tokens: int | None = None
     n_tokens: int | None = None  # the whole sequence (prompt + response)
@@ -88,6 +94,20 @@ class PoolPlan:
     neighbour_ids: np.ndarray  # int64 [pending]; NO_NEIGHBOUR (-1) where the sample has none
     need_zero: np.ndarray  # bool [pending]
     need_one: np.ndarray  # bool [pending]
+    need_response: np.ndarray | None = None  # bool [pending]; None: no response passes (metrics without ifd)
+
+
+@dataclass(frozen=True)
+class RunPool:
+    """A pool that is not the catalog or a dataset: a screen (a recorded selection) or a condition,
+    plus a calibration sample."""
+
+    ids: np.ndarray  # sorted int64: the samples to score (screened ones and the calibration sample)
+    selection_id: int | None
+    where: str | None
+    calibrate_percent: float | None
+    calibrate_seed: int | None
+    calibration_ids: np.ndarray  # sorted int64, a subset of ids
 
 
 @dataclass(frozen=True)
@@ -204,37 +224,78 @@ _NEEDS = """z.sample_id IS NULL AS need_zero,
 _LOSSES = """LEFT JOIN zero_shot_loss z ON z.sample_id = p.sample_id AND z.scorer_id = $scorer_id
             LEFT JOIN one_shot_loss o
                    ON o.sample_id = p.sample_id AND o.scorer_id = $scorer_id AND o.neighbour_id = l.neighbour_id"""
+# With IFD: also the response-alone loss `r`; without MIWV no link is read and no one-shot pass is needed.
+_RESPONSE_NEED = "r.sample_id IS NULL AS need_response"
+_RESPONSE_LOSS = "LEFT JOIN response_loss r ON r.sample_id = p.sample_id AND r.scorer_id = $scorer_id"
+_ZERO_ONLY_NEEDS = "z.sample_id IS NULL AS need_zero, false AS need_one"
+_ZERO_LOSS = "LEFT JOIN zero_shot_loss z ON z.sample_id = p.sample_id AND z.scorer_id = $scorer_id"
+
+
+def _needs_sql(metrics: tuple[str, ...]) -> tuple[str, str]:
+    """(the need_* columns, the loss joins) for `metrics`; both use `p` (the sample) and, with miwv, `l` (its link)."""
+    if "miwv" in metrics:
+        needs, losses = _NEEDS, _LOSSES
+    else:
+        needs, losses = _ZERO_ONLY_NEEDS, _ZERO_LOSS
+    if "ifd" in metrics:
+        needs, losses = f"{needs}, {_RESPONSE_NEED}", f"{losses}\n            {_RESPONSE_LOSS}"
+    return needs, losses
+
+
+def _ids_table(ids: np.ndarray) -> pa.Table:
+    return pa.table({"sample_id": pa.array(ids, pa.int64())})
 
 
 def plan_pool(
-    catalog: Catalog, scorer_id: int, embedder_id: int, dataset: str | None = None, limit: int | None = None
+    catalog: Catalog,
+    scorer_id: int,
+    embedder_id: int,
+    dataset: str | None = None,
+    limit: int | None = None,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    pool_ids: np.ndarray | None = None,
 ) -> PoolPlan:
-    """The pool (the current samples, or one dataset's; the first `limit` by sample_id) and what it still needs.
+    """The pool (the current samples, or one dataset's, or those of `pool_ids` among them; the first
+    `limit` by sample_id) and what it still needs for `metrics`.
 
-    A sample needs its zero-shot pass if it has no zero-shot row for the scorer, and its
-    one-shot pass if it has a neighbour and no one-shot row for that neighbour. Unlinked
-    samples are counted, not planned. Call check_pool first: an unknown dataset is an empty pool here.
+    A sample needs its zero-shot pass if it has no zero-shot row for the scorer; with "miwv", its
+    one-shot pass if it has a neighbour and no one-shot row for that neighbour; with "ifd", its
+    response pass if it has no response_loss row for the scorer. MIWV's passes wait for a link
+    (unlinked samples are counted, and planned only for the passes IFD needs); IFD's never do, so
+    without "miwv" no link is read. Call check_pool first: an unknown dataset is an empty pool here.
     """
-    params = {"dataset": dataset, "scorer_id": scorer_id, "embedder_id": embedder_id}
+    miwv, ifd = "miwv" in metrics, "ifd" in metrics
+    needs, losses = _needs_sql(metrics)
+    if miwv:
+        link = f"coalesce(l.neighbour_id, {NO_NEIGHBOUR}) AS neighbour_id, l.sample_id IS NOT NULL AS linked"
+        link_join = "LEFT JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id"
+    else:
+        link, link_join = f"CAST({NO_NEIGHBOUR} AS BIGINT) AS neighbour_id, true AS linked", ""
+    screen = "AND sample_id IN (SELECT sample_id FROM _pool)" if pool_ids is not None else ""
+    params = {"dataset": dataset, "scorer_id": scorer_id} | ({"embedder_id": embedder_id} if miwv else {})
     with catalog.read() as conn:
-        table = db.query_arrow(
-            conn,
-            f"""
-            WITH p AS (
-                SELECT sample_id FROM sample
-                WHERE sample_id IN (SELECT sample_id FROM membership WHERE $dataset IS NULL OR dataset = $dataset)
-                ORDER BY sample_id {"LIMIT $limit" if limit is not None else ""})
-            SELECT p.sample_id, coalesce(l.neighbour_id, {NO_NEIGHBOUR}) AS neighbour_id,
-                   l.sample_id IS NOT NULL AS linked, {_NEEDS}
-            FROM p LEFT JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id
-            {_LOSSES}
-            ORDER BY p.sample_id""",
-            params | ({"limit": limit} if limit is not None else {}),
-        )
+        with db.registered(conn, "_pool", _ids_table(pool_ids)) if pool_ids is not None else nullcontext():
+            table = db.query_arrow(
+                conn,
+                f"""
+                WITH p AS (
+                    SELECT sample_id FROM sample
+                    WHERE sample_id IN (SELECT sample_id FROM membership WHERE $dataset IS NULL OR dataset = $dataset)
+                    {screen}
+                    ORDER BY sample_id {"LIMIT $limit" if limit is not None else ""})
+                SELECT p.sample_id, {link}, {needs}
+                FROM p {link_join}
+                {losses}
+                ORDER BY p.sample_id""",
+                params | ({"limit": limit} if limit is not None else {}),
+            )
     linked = table["linked"].to_numpy(zero_copy_only=False)
     need_zero = table["need_zero"].to_numpy(zero_copy_only=False)
     need_one = table["need_one"].to_numpy(zero_copy_only=False)
-    pending = linked & (need_zero | need_one)
+    need_response = table["need_response"].to_numpy(zero_copy_only=False) if ifd else None
+    pending = (need_zero & (linked | ifd)) | need_one
+    if ifd:
+        pending |= need_response
     return PoolPlan(
         samples=len(table),
         not_linked=int((~linked).sum()),
@@ -242,25 +303,43 @@ def plan_pool(
         neighbour_ids=table["neighbour_id"].to_numpy()[pending],
         need_zero=need_zero[pending],
         need_one=need_one[pending],
+        need_response=need_response[pending] if ifd else None,
     )
 
 
-def pending_rows(catalog: Catalog, scorer_id: int, embedder_id: int, ids: np.ndarray) -> list[PendingSample]:
+def pending_rows(
+    catalog: Catalog, scorer_id: int, embedder_id: int, ids: np.ndarray, metrics: tuple[str, ...] = DEFAULT_METRICS
+) -> list[PendingSample]:
     """The pending samples among `ids` with their messages and their neighbour's (one unit of work)."""
-    with catalog.read() as conn, db.registered(conn, "_unit", pa.table({"sample_id": pa.array(ids, pa.int64())})):
+    miwv, ifd = "miwv" in metrics, "ifd" in metrics
+    needs, losses = _needs_sql(metrics)
+    if miwv:
+        # MIWV alone plans linked samples only; with IFD an unlinked sample still needs its IFD passes.
+        link_join = f"""{"LEFT " if ifd else ""}JOIN neighbour_link l
+                   ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id
+            LEFT JOIN sample n ON n.sample_id = l.neighbour_id"""
+        neighbour = """l.neighbour_id, n.messages AS neighbour_messages, n.instruction AS neighbour_instruction,
+                   n.input AS neighbour_input"""
+        pending = "z.sample_id IS NULL OR (l.neighbour_id IS NOT NULL AND o.sample_id IS NULL)"
+    else:
+        link_join = ""
+        neighbour = """NULL AS neighbour_id, NULL AS neighbour_messages, NULL AS neighbour_instruction,
+                   NULL AS neighbour_input"""
+        pending = "z.sample_id IS NULL"
+    if ifd:
+        pending += " OR r.sample_id IS NULL"
+    params = {"scorer_id": scorer_id} | ({"embedder_id": embedder_id} if miwv else {})
+    with catalog.read() as conn, db.registered(conn, "_unit", _ids_table(ids)):
         table = db.query_arrow(
             conn,
             f"""
-            SELECT p.sample_id, p.messages, p.instruction, p.input, l.neighbour_id,
-                   n.messages AS neighbour_messages, n.instruction AS neighbour_instruction,
-                   n.input AS neighbour_input, {_NEEDS}
+            SELECT p.sample_id, p.messages, p.instruction, p.input, {neighbour}, {needs}
             FROM _unit u JOIN sample p ON p.sample_id = u.sample_id
-            JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id
-            LEFT JOIN sample n ON n.sample_id = l.neighbour_id
-            {_LOSSES}
-            WHERE z.sample_id IS NULL OR (l.neighbour_id IS NOT NULL AND o.sample_id IS NULL)
+            {link_join}
+            {losses}
+            WHERE {pending}
             ORDER BY p.sample_id""",
-            {"scorer_id": scorer_id, "embedder_id": embedder_id},
+            params,
         )
     return [
         PendingSample(
@@ -272,6 +351,7 @@ def pending_rows(catalog: Catalog, scorer_id: int, embedder_id: int, ids: np.nda
             row["need_one"],
             alpaca_fields_of(row["instruction"], row["input"]),
             alpaca_fields_of(row["neighbour_instruction"], row["neighbour_input"]),
+            row.get("need_response", False),
         )
         for row in table.to_pylist()
     ]
@@ -288,16 +368,28 @@ def alpaca_fields_of(instruction: str | None, input: str | None) -> AlpacaFields
 
 
 def start_run(
-    catalog: Catalog, scorer_id: int, embedder_id: int, device: str, pool: int, samples: int, workers: int
+    catalog: Catalog,
+    scorer_id: int,
+    embedder_id: int,
+    device: str,
+    pool: int,
+    samples: int,
+    workers: int,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    run_pool: RunPool | None = None,
 ) -> int:
-    """Record the start of a score run on `workers` processes; returns its id."""
+    """Record the start of a score run on `workers` processes, what it computes (`metrics`) and, for a
+    screened pool, the screen, the condition and the calibration sample (its samples as rows of
+    score_calibration); returns its id."""
     with catalog.write() as conn:
         run_id = db.next_id(conn, "score_run", "run_id")
         db.execute(
             conn,
             """INSERT INTO score_run (run_id, scorer_id, embedder_id, device, pool, samples, passes,
-                                      tokens_run, started_at, workers)
-               VALUES ($run_id, $scorer_id, $embedder_id, $device, $pool, $samples, 0, 0, $now, $workers)""",
+                                      tokens_run, started_at, workers, metrics, pool_selection_id, pool_where,
+                                      calibrate_percent, calibrate_seed)
+               VALUES ($run_id, $scorer_id, $embedder_id, $device, $pool, $samples, 0, 0, $now, $workers, $metrics,
+                       $selection_id, $where, $calibrate_percent, $calibrate_seed)""",
             {
                 "run_id": run_id,
                 "scorer_id": scorer_id,
@@ -307,8 +399,17 @@ def start_run(
                 "samples": samples,
                 "now": db.utcnow(),
                 "workers": workers,
+                "metrics": ",".join(metrics),
+                "selection_id": run_pool.selection_id if run_pool else None,
+                "where": run_pool.where if run_pool else None,
+                "calibrate_percent": run_pool.calibrate_percent if run_pool else None,
+                "calibrate_seed": run_pool.calibrate_seed if run_pool else None,
             },
         )
+        if run_pool is not None and len(run_pool.calibration_ids):
+            ids = _ids_table(run_pool.calibration_ids)
+            rows = ids.append_column("run_id", pa.array([run_id] * len(ids), pa.int32()))
+            db.insert_arrow(conn, "score_calibration", rows)
     return run_id
 
 
@@ -317,7 +418,8 @@ def save_results(
 ) -> None:
     """Write one batch's (or unit's) results, the run's progress, the worker's share and the
     samples' current scores in one transaction; rows already there are kept (an example's
-    zero-shot pass may be recomputed after an earlier run, or another unit, stored it)."""
+    zero-shot pass may be recomputed after an earlier run, or another unit, stored it).
+    Response-alone rows feed no current score (score_current is MIWV's), so they refresh nothing."""
     now = db.utcnow()
     progress = {"passes": len(results), "tokens_run": tokens_run, "run_id": run_id}
     with catalog.write() as conn:
@@ -356,7 +458,9 @@ def save_results(
                 columns["neighbour_id"] = pa.array([r.neighbour_id for r in rows], pa.int64())
                 columns["example_truncated"] = pa.array([r.example_truncated for r in rows], pa.bool_())
             db.insert_arrow(conn, table, pa.table(columns), keep_existing=True)
-        current_scores.refresh(conn, np.array([r.sample_id for r in results], np.int64), scorer_id=scorer_id)
+        touched = [r.sample_id for r in results if r.kind != PassKind.RESPONSE]
+        if touched:
+            current_scores.refresh(conn, np.array(touched, np.int64), scorer_id=scorer_id)
 
 
 def finish_run(catalog: Catalog, run_id: int) -> None:

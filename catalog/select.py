@@ -16,6 +16,7 @@ from catalog.datasets import require_dataset
 from catalog.errors import ArgumentError, UserError
 from catalog.export import Exported, Stage, check_target, staged, write_samples
 from catalog.lifecycle import pool_versions
+from catalog.pools import cascade_estimate
 from catalog.query import one_condition, run_read_only
 from catalog.store import Catalog
 
@@ -47,6 +48,7 @@ class Selection:
     excluded: dict[str, int]  # pool samples it cannot, by reason
     sample_ids: list[int]  # ranked
     scores: list[float | None]
+    cascade: dict | None = None  # the screen its scores came through and its recall estimate (catalog.pools)
 
 
 def selection_sql(request: Request) -> str:
@@ -56,17 +58,17 @@ def selection_sql(request: Request) -> str:
             f"{{0}} must be one of {', '.join(STRATEGIES)}", "strategy", detail=f"got {request.strategy!r}"
         )
     _check_numbers(request)
-    if request.strategy == "random":
+    strategy = STRATEGIES[request.strategy]
+    if strategy.view is None:
         ranked = "SELECT sample_id, NULL::DOUBLE AS score FROM pool"
         order = f"md5(sample_id::VARCHAR || ':{int(request.seed)}')"
     else:
-        column, direction = STRATEGIES[request.strategy]
         ranked = (
-            f"SELECT sample_id, m.{column} AS score\n"
-            f"    FROM pool JOIN miwv_scores m USING (sample_id)\n"
-            f"    WHERE {_scores_of(request)} AND m.status = 'ok'"
+            f"SELECT sample_id, m.{strategy.column} AS score\n"
+            f"    FROM pool JOIN {strategy.view} m USING (sample_id)\n"
+            f"    WHERE {strategy.rows_of(request.scorer_id, request.embedder_id)} AND {strategy.ranked_when}"
         )
-        order = f"score {direction}, sample_id"
+        order = f"score {strategy.direction}, sample_id"
     if request.top_k is not None:
         limit = str(int(request.top_k))
     else:
@@ -131,7 +133,8 @@ def select(
             ) from None
         reasons = dict(db.execute(conn, _eligibility_sql(request)))
         pool = pool_versions(conn, request.dataset)  # the state this query read
-    pool_size = sum(reasons.values())
+        pool_size = sum(reasons.values())
+        cascade = _cascade(conn, request, pool_size)
     eligible = reasons.pop("eligible", 0)
     chosen_ids = chosen["sample_id"].to_pylist()
     with staged(target.path) if target else nullcontext() as stage:
@@ -140,8 +143,22 @@ def select(
             exported = write_samples(
                 catalog, chosen_ids, target, stage.path, shape, with_scores, request.scorer_id, request.embedder_id
             )
-        selection_id = _record(catalog, request, sql, chosen, pool_size, eligible, pool, exported, stage)
-    return Selection(selection_id, sql, pool_size, eligible, reasons, chosen_ids, chosen["score"].to_pylist()), exported
+        selection_id = _record(catalog, request, sql, chosen, pool_size, eligible, pool, cascade, exported, stage)
+    selection = Selection(
+        selection_id, sql, pool_size, eligible, reasons, chosen_ids, chosen["score"].to_pylist(), cascade
+    )
+    return selection, exported
+
+
+def _cascade(conn, request: Request, pool_size: int) -> dict | None:
+    """The recall estimate of the screen the scorer's scores came through, if they did (catalog.pools);
+    a top_k is taken as that share of the pool."""
+    if request.scorer_id is None or not pool_size:
+        return None
+    percent = request.top_percent if request.top_percent is not None else 100 * request.top_k / pool_size
+    return cascade_estimate(
+        conn, request.scorer_id, request.embedder_id, request.strategy, min(percent, 100.0), _pool(request)
+    )
 
 
 def _record(
@@ -152,23 +169,24 @@ def _record(
     pool_size: int,
     eligible: int,
     pool: tuple[int | None, str],
+    cascade: dict | None,
     exported: Exported | None,
     stage: Stage | None,
 ) -> int:
     """Record the selection and its members; the export is published inside the transaction.
     `pool`: the last catalog change and the dataset versions the selection drew from, so that
-    `selections` can tell when its pool has changed since."""
+    `selections` can tell when its pool has changed since; `cascade`: its screen's recall estimate."""
     with catalog.write() as conn:
         selection_id = db.next_id(conn, "selection", "selection_id")
         db.execute(
             conn,
             """INSERT INTO selection (selection_id, model, scorer_id, embedder, strategy, top_k, top_percent, seed,
                                    dataset, pool_where, pool_size, eligible, selected, sql, output, created_at,
-                                   pool_change_id, pool_versions)
+                                   pool_change_id, pool_versions, cascade)
                             VALUES ($selection_id, (SELECT model FROM scorer WHERE scorer_id = $scorer_id),
                                    $scorer_id, (SELECT name FROM embedder WHERE embedder_id = $embedder_id), $strategy,
                                    $top_k, $top_percent, $seed, $dataset, $pool_where, $pool_size, $eligible, $selected,
-                                   $sql, $output, $now, $pool_change_id, $pool_versions)""",
+                                   $sql, $output, $now, $pool_change_id, $pool_versions, $cascade)""",
             {
                 "selection_id": selection_id,
                 "scorer_id": request.scorer_id,
@@ -187,6 +205,7 @@ def _record(
                 "now": db.utcnow(),
                 "pool_change_id": pool[0],
                 "pool_versions": pool[1],
+                "cascade": json.dumps(cascade) if cascade else None,
             },
         )
         db.insert_arrow(
@@ -223,7 +242,8 @@ POOL_STATE = """pool_versions,
 
 
 def list_selections(catalog: Catalog) -> list[dict]:
-    """Every recorded selection, newest first, with the state of its pool since (see POOL_STATE)."""
+    """Every recorded selection, newest first, with the state of its pool since (see POOL_STATE) and its
+    cascade (the screen its scores came through, with the recall estimate; None when none)."""
     with catalog.read() as conn:
         rows = db.records(
             conn,
@@ -231,11 +251,12 @@ def list_selections(catalog: Catalog) -> list[dict]:
             WITH {MEMBERS_GONE}
             SELECT selection_id, strategy, model, embedder, top_k, top_percent, seed, dataset, pool_where,
                    pool_size, eligible, selected, output, strftime(created_at, '%Y-%m-%d %H:%M:%S') AS created_at,
-                   {POOL_STATE}
+                   cascade, {POOL_STATE}
             FROM selection s LEFT JOIN gone USING (selection_id) ORDER BY selection_id DESC""",
         )
     for row in rows:
         row["pool_versions"] = json.loads(row["pool_versions"]) if row["pool_versions"] else None
+        row["cascade"] = json.loads(row["cascade"]) if row["cascade"] else None
     return rows
 
 
@@ -254,17 +275,20 @@ def _pool(request: Request) -> str:
     return f"pool AS (\n    SELECT sample_id FROM samples{where}\n)"
 
 
-def _scores_of(request: Request) -> str:
-    return f"m.scorer_id = {int(request.scorer_id)} AND m.embedder_id = {int(request.embedder_id)}"
-
-
 def _eligibility_sql(request: Request) -> str:
-    """Pool samples per reason: 'eligible', a miwv_scores status, or 'not scored' (none yet, or stale)."""
-    if request.strategy == "random":
+    """Pool samples per reason: 'eligible', the strategy's `ineligible` reason, a status of its view,
+    or 'not scored' (none yet, or stale)."""
+    strategy = STRATEGIES[request.strategy]
+    if strategy.view is None:
         return f"WITH {_pool(request)}\nSELECT 'eligible', count(*) FROM pool"
-    column, _ = STRATEGIES[request.strategy]
+    rows = strategy.rows_of(request.scorer_id, request.embedder_id)
+    left_out = (
+        f"\n                    WHEN m.status = 'ok' AND m.{strategy.column} IS NOT NULL THEN '{strategy.ineligible}'"
+        if strategy.eligible
+        else ""
+    )
     return f"""WITH {_pool(request)}
-        SELECT CASE WHEN m.status = 'ok' AND m.{column} IS NOT NULL THEN 'eligible'
+        SELECT CASE WHEN {strategy.ranked_when} AND m.{strategy.column} IS NOT NULL THEN 'eligible'{left_out}
                     ELSE coalesce(m.status, 'not scored') END, count(*)
-        FROM pool LEFT JOIN miwv_scores m ON m.sample_id = pool.sample_id AND {_scores_of(request)}
+        FROM pool LEFT JOIN {strategy.view} m ON m.sample_id = pool.sample_id AND {rows}
         GROUP BY 1"""

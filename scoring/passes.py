@@ -1,4 +1,4 @@
-"""Plan and run the zero-shot and one-shot passes of a group of samples.
+"""Plan and run the zero-shot, one-shot and response-alone passes of a group of samples.
 
 Every one-shot sequence (chat template) starts with its example's own zero-shot sequence:
 system prompt, the example's user turn, the generation prompt, the example's response. So
@@ -6,7 +6,9 @@ the example's zero-shot pass is run once with its KV cache kept, and each one-sh
 that uses it runs only the tokens after it. Within a batch, leading tokens common to every
 row (the system prompt) are run once. A one-shot whose ids do not start with its example's
 zero-shot ids (a truncated example, a boundary that tokenises differently) runs whole.
-Results are the same as running every sequence alone, up to float rounding.
+Response-alone passes (a start token, then the response) share nothing with the others: they
+run whole, in their own length-sorted batches. Results are the same as running every sequence
+alone, up to float rounding.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class _Plan:
     prefixes: dict[int, _Pass] = field(default_factory=dict)  # sample_id -> zero-shot pass (targets' and examples')
     continuations: dict[int, list[tuple[_Pass, Piece]]] = field(default_factory=dict)  # example id -> one-shots
     whole: list[_Pass] = field(default_factory=list)  # one-shots that run from scratch
+    responses: list[_Pass] = field(default_factory=list)  # response-alone passes (whole, short)
     unscorable: list[PassResult] = field(default_factory=list)
 
 
@@ -60,14 +63,23 @@ class PassRunner:
         if plan.unscorable:
             emit(plan.unscorable, 0)
         self._run_prefixes(list(plan.prefixes.values()), plan.continuations, emit)
-        for batch in self._batches(plan.whole, lambda p: len(p.sequence.ids)):
-            sums, _, tokens = self._run_sequences(batch, keep=False)
-            emit([_result(p, s) for p, s in zip(batch, sums, strict=True)], tokens)
+        for whole in (plan.whole, plan.responses):
+            for batch in self._batches(whole, lambda p: len(p.sequence.ids)):
+                sums, _, tokens = self._run_sequences(batch, keep=False)
+                emit([_result(p, s) for p, s in zip(batch, sums, strict=True)], tokens)
 
     def _plan(self, targets: list[PendingSample]) -> _Plan:
         """Build every sequence; attach each one-shot to its example's zero-shot pass where its ids start with it."""
         plan = _Plan()
         for target in targets:
+            if target.need_response:
+                alone = self.builder.response_alone(target.messages)
+                if isinstance(alone, Sequence):
+                    plan.responses.append(_Pass(PassKind.RESPONSE, target.sample_id, None, alone))
+                else:
+                    plan.unscorable.append(PassResult(PassKind.RESPONSE, target.sample_id, None, alone.status))
+            if not (target.need_zero or target.need_one):
+                continue
             zero = self.builder.zero_shot(target.messages, target.fields)
             if target.need_zero:
                 if isinstance(zero, Sequence):

@@ -1,7 +1,8 @@
-"""The score step: zero-shot and one-shot losses of every pool sample that lacks them.
+"""The score step: the losses of every pool sample that lacks them, for the metrics asked.
 
-Only what is missing is computed: a zero-shot pass where a sample has none for the scorer,
-a one-shot pass where it has none for its current neighbour. The pending pool is planned
+Only what is missing is computed: a zero-shot pass where a sample has none for the scorer;
+for MIWV a one-shot pass where it has none for its current neighbour; for IFD a response-alone
+pass where it has none (it does not depend on neighbours, so a new link never redoes it). The pending pool is planned
 from ids (scoring.units) and each unit's messages are read when it runs. Results are
 committed by a patient writer thread while compute goes on (scoring.commits): in-process
 one transaction per batch, with Ray workers (scoring.ray_pool) one per unit. An interrupted
@@ -13,17 +14,21 @@ from __future__ import annotations
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import numpy as np
 
 from catalog import Catalog
-from catalog.embed import find_embedder
+from catalog.choices import METRICS
+from catalog.embed import embedders, find_embedder
+from catalog.errors import UserError
 from catalog.score import (
+    DEFAULT_METRICS,
     PassKind,
     PassResult,
     PendingSample,
+    RunPool,
     WorkerRow,
     check_pool,
     finish_run,
@@ -47,7 +52,7 @@ from scoring.models import (
     resolve_model,
 )
 from scoring.passes import PassRunner
-from scoring.sequences import SequenceBuilder
+from scoring.sequences import SequenceBuilder, start_token
 from scoring.templates import Template
 from scoring.units import plan_units, unit_size
 from terminal.progress import Meter
@@ -69,6 +74,11 @@ class ScoreResult:
     seconds: float
     workers: int = 1
     compute_seconds: float = 0.0  # from every worker having loaded the model to the last result
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    zero_shot_passes: int = 0  # passes by kind (their sum is `passes`), unscorable ones included
+    one_shot_passes: int = 0
+    response_passes: int = 0
+    run_id: int | None = None  # the score_run row; None when nothing was pending
 
 
 @dataclass(frozen=True)
@@ -146,10 +156,14 @@ class UnitProgress:
         self.needed = {
             (p.sample_id, kind)
             for p in rows
-            for kind, need in ((PassKind.ZERO, p.need_zero), (PassKind.ONE, p.need_one))
+            for kind, need in (
+                (PassKind.ZERO, p.need_zero),
+                (PassKind.ONE, p.need_one),
+                (PassKind.RESPONSE, p.need_response),
+            )
             if need
         }
-        self.remaining = {p.sample_id: p.need_zero + p.need_one for p in rows}
+        self.remaining = {p.sample_id: p.need_zero + p.need_one + p.need_response for p in rows}
 
     def done(self, results: list[PassResult]) -> int:
         finished = 0
@@ -170,6 +184,7 @@ class RunTally:
     tokens: int = 0
     compute_started: float | None = None
     compute_ended: float | None = None
+    by_kind: dict[PassKind, int] = field(default_factory=lambda: dict.fromkeys(PassKind, 0))
 
     def computing(self) -> None:
         """Mark the end of loading: the model is in every worker."""
@@ -186,6 +201,8 @@ class RunTally:
         self.passes += len(results)
         self.unscorable += sum(r.status != "ok" for r in results)
         self.tokens += tokens
+        for result in results:
+            self.by_kind[result.kind] += 1
 
 
 @dataclass(frozen=True)
@@ -199,9 +216,12 @@ class RunContext:
     writer: PatientWriter
     meter: Meter
     tally: RunTally
+    metrics: tuple[str, ...] = DEFAULT_METRICS
 
     def rows(self, ids: np.ndarray) -> list[PendingSample]:
-        return self.writer.read(partial(pending_rows, self.catalog, self.scorer_id, self.embedder_id, ids))
+        return self.writer.read(
+            partial(pending_rows, self.catalog, self.scorer_id, self.embedder_id, ids, self.metrics)
+        )
 
     def commit(self, results: list[PassResult], tokens: int, worker: WorkerRow, samples_done: int) -> None:
         self.writer.submit(partial(save_results, self.catalog, self.scorer_id, self.run_id, results, tokens, worker))
@@ -225,8 +245,10 @@ def score_catalog(
     workers: int | None = None,
     ray_address: str | None = None,
     gpus_per_worker: int = 1,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    pool: RunPool | None = None,
 ) -> ScoreResult:
-    """Compute the missing losses of `model` over the pool.
+    """Compute the missing losses of `model` over the pool for `metrics`.
 
     Args:
         catalog: the catalog (samples embedded and linked).
@@ -241,14 +263,22 @@ def score_catalog(
         workers, ray_address: run on a pool of Ray workers: `workers` on this machine, or on the
             cluster at `ray_address` ("auto": the one this machine belongs to). Neither: in-process.
         gpus_per_worker: GPUs each Ray worker spreads its model over (models too big for one GPU).
+        metrics: "miwv" (zero-shot and one-shot passes; needs `embed` first) and/or "ifd" (zero-shot
+            and response-alone passes; needs no neighbours, nor an embedder).
+        pool: a screen (a recorded selection or a condition, resolved to sample ids) and its
+            calibration sample: only its samples are scored (within `dataset` and `limit`), and the
+            run records it.
     """
     started = time.monotonic()
     catalog.require()
+    metrics = _checked_metrics(metrics)
     spec = resolve_model(model)
     tokenizer = load_tokenizer(spec)
     template = choose_template(tokenizer, template)
     max_length = max_length or default_max_length(spec)
-    links = find_embedder(catalog, embedder)
+    if "ifd" in metrics:
+        start_token(tokenizer)  # a tokenizer with no BOS nor EOS is refused before anything is written
+    embedder_id = _embedder_id(catalog, embedder, metrics)
     check_pool(catalog, dataset)
     cluster = None
     try:  # a cluster joined is closed whatever fails after it
@@ -271,25 +301,38 @@ def score_catalog(
         with catalog.job("score"):
             key = (spec.name, spec.source, spec.fingerprint, template.key, max_length, setup.dtype, template.text)
             scorer = patiently(partial(register_scorer, catalog, *key))
-            plan = plan_pool(catalog, scorer.scorer_id, links.embedder_id, dataset, limit)
+            pool_ids = pool.ids if pool is not None else None
+            plan = plan_pool(catalog, scorer.scorer_id, embedder_id, dataset, limit, metrics, pool_ids)
             tally = RunTally()
-            if len(plan.ids):
-                n_workers = cluster.workers if cluster else 1
+            run_id = None
+            n_workers = cluster.workers if cluster else 1
+            # A screened run is recorded even with nothing to compute: its calibration sample is what select reads.
+            if len(plan.ids) or pool is not None:
                 run_id = patiently(
                     lambda: start_run(
-                        catalog, scorer.scorer_id, links.embedder_id, device, plan.samples, len(plan.ids), n_workers
+                        catalog,
+                        scorer.scorer_id,
+                        embedder_id,
+                        device,
+                        plan.samples,
+                        len(plan.ids),
+                        n_workers,
+                        metrics,
+                        pool,
                     )
                 )
+            if len(plan.ids):
                 units = plan_units(plan, unit_size(len(plan.ids), n_workers))
                 with (
                     Meter(f"scoring ({spec.name})", len(plan.ids), "samples", "tokens") as meter,
                     PatientWriter() as writer,
                 ):
-                    context = RunContext(catalog, scorer.scorer_id, links.embedder_id, run_id, writer, meter, tally)
+                    context = RunContext(catalog, scorer.scorer_id, embedder_id, run_id, writer, meter, tally, metrics)
                     if cluster:
                         cluster.score(setup, units, context)
                     else:
                         _score_here(setup, device, units, context)
+            if run_id is not None:
                 patiently(lambda: finish_run(catalog, run_id))
     finally:
         if cluster:
@@ -309,7 +352,35 @@ def score_catalog(
         time.monotonic() - started,
         cluster.workers if cluster else 1,
         tally.compute_seconds,
+        metrics,
+        tally.by_kind[PassKind.ZERO],
+        tally.by_kind[PassKind.ONE],
+        tally.by_kind[PassKind.RESPONSE],
+        run_id,
     )
+
+
+def _checked_metrics(metrics: tuple[str, ...]) -> tuple[str, ...]:
+    """`metrics` without repeats, in METRICS order; UserError for none or an unknown one."""
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown or not metrics:
+        raise UserError(f"metrics must be one or more of {', '.join(METRICS)}; got {', '.join(metrics) or 'none'}")
+    return tuple(m for m in METRICS if m in metrics)
+
+
+NO_EMBEDDER = 0  # score_run.embedder_id of an IFD-only run in a catalog with no embedder (no links are read)
+
+
+def _embedder_id(catalog: Catalog, embedder: str | None, metrics: tuple[str, ...]) -> int:
+    """The embedder whose links MIWV's one-shot passes follow. IFD needs none: without "miwv" the run
+    records the one `embedder` names, else the default one if the catalog has any, else NO_EMBEDDER."""
+    if "miwv" in metrics or embedder is not None:
+        return find_embedder(catalog, embedder).embedder_id
+    try:
+        return find_embedder(catalog).embedder_id
+    except UserError:  # none, or several and none of them the default: an IFD run reads no link either way
+        rows = embedders(catalog)
+        return rows[0].embedder_id if rows else NO_EMBEDDER
 
 
 def _score_here(setup: ScorerSetup, device: str, units: list[np.ndarray], context: RunContext) -> None:

@@ -1,11 +1,12 @@
-"""Zero-shot and one-shot sequences, built in token space.
+"""Zero-shot, one-shot and response-alone sequences, built in token space.
 
 The contract: prompt ids come from the template (scoring.templates) of everything before the
 scored turn, ending where the response starts; the response ids are
 `tokenizer(response, add_special_tokens=False)` appended after them, no EOS. The scored
 positions are exactly those response ids, identical in both passes; the boundary is never
 found by re-tokenising a joined string. The target response is never truncated: a sample
-that does not fit is marked unscorable instead.
+that does not fit is marked unscorable instead. The response-alone pass (IFD's L(y)) scores
+the same ids after one start token.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from catalog.errors import UserError
 from catalog.score import AlpacaFields, Messages
 from scoring.templates import Template, Turn, render, template_for
 
@@ -69,6 +71,21 @@ class SequenceBuilder:
             return Unscorable("too_long")
         return Sequence(prompt + response, len(response))
 
+    def response_alone(self, messages: Messages) -> Sequence | Unscorable:
+        """The response ids after one start token: [start] + response ids, every response id scored.
+
+        IFD divides L(y|x) by L(y), the loss of the response with no prompt. Cherry LLM scores the
+        response after "<s>### Response:" (a prompt of its own), Superfiltering after nothing, its
+        first token unscored (GPT-2 has no BOS). Here L(y) scores exactly the ids L(y|x) scores, all
+        of them, the first predicted from a single start token (the tokenizer's BOS, else its EOS,
+        as GPT-2 starts a text), so the ratio compares like with like: same tokens, prompt or none.
+        Never truncated: a response longer than max_length - 1 is "too_long".
+        """
+        response = self.response_ids(messages)
+        if 1 + len(response) > self.max_length:
+            return Unscorable("too_long")
+        return Sequence([start_token(self.tokenizer), *response], len(response))
+
     def one_shot(
         self,
         messages: Messages,
@@ -118,6 +135,14 @@ class SequenceBuilder:
     def prompt_ids(self, turns: list[Turn]) -> list[int]:
         """Ids of `turns` (ending with a user turn) up to where the assistant's response starts."""
         return render(self.tokenizer, self.template, turns, self._bos)
+
+
+def start_token(tokenizer) -> int:
+    """The one token before a response scored alone: BOS, else EOS (GPT-2's only special token)."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise UserError("the tokenizer has neither a BOS nor an EOS token: IFD cannot score a response alone")
+    return start
 
 
 def _turns(messages: Messages, fields: AlpacaFields | None) -> list[Turn]:

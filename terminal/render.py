@@ -195,12 +195,34 @@ def print_scored(result) -> None:
     _line(
         f"scored {result.model} (scorer {result.scorer_id}, {result.template} template, max length "
         f"{result.max_length}, {result.device}{f' x {result.workers} workers' if result.workers > 1 else ''}): "
-        f"pool {result.pool}, {result.samples} needed passes, "
-        f"{result.passes} passes ({result.unscorable} unscorable), {result.tokens_run} tokens run "
-        f"in {result.seconds:.1f} s"
+        f"{', '.join(result.metrics)} over {_pool_kind(result)}, {result.samples} needed passes, "
+        f"{result.passes} passes ({_by_kind(result)}; {result.unscorable} unscorable), {result.tokens_run} tokens "
+        f"run in {result.seconds:.1f} s"
     )
     if result.not_linked:
         _line(f"{result.not_linked} pool samples have no neighbour link yet: run `python cli.py embed` first")
+
+
+def _pool_kind(result) -> str:
+    """The pool as people read it: "pool 40", or "screened pool 30 (selection 3 + a 20-sample calibration)"."""
+    if result.pool_kind in ("catalog", "dataset"):
+        return f"pool {result.pool}"
+    screens = []
+    if result.pool_selection_id is not None:
+        screens.append(f"selection {result.pool_selection_id}")
+    if result.pool_where is not None:
+        screens.append(f"where {result.pool_where}")
+    calibration = f" + a {result.calibration}-sample calibration" if result.calibration else ""
+    return f"screened pool {result.pool} ({' and '.join(screens)}{calibration})"
+
+
+def _by_kind(result) -> str:
+    kinds = (
+        ("zero-shot", result.zero_shot_passes),
+        ("one-shot", result.one_shot_passes),
+        ("response", result.response_passes),
+    )
+    return ", ".join(f"{count} {kind}" for kind, count in kinds if count) or "none"
 
 
 def print_selection(result) -> None:
@@ -209,6 +231,8 @@ def print_selection(result) -> None:
         f"selection {result.selection_id} ({result.strategy}): pool {result.pool_size}, eligible "
         f"{result.eligible} (excluded: {excluded}), selected {result.selected}"
     )
+    if result.cascade:
+        _line(cascade_line(result.cascade))
     if result.output:
         written = result.output
         _line(f"wrote {written.rows} samples ({written.shape}, {written.file_format}) to {written.path}")
@@ -216,8 +240,33 @@ def print_selection(result) -> None:
             _line(f"note: {written.note}")
 
 
+def cascade_line(cascade: dict[str, Any]) -> str:
+    """What a screened selection's calibration says the screen cost (catalog.pools.cascade_estimate)."""
+    return (
+        f"the screen (selection {cascade['screen_selection_id']}) kept an estimated {cascade['recall']:.0%} "
+        f"(95% CI {cascade['ci_low'] * 100:.0f}-{cascade['ci_high'] * 100:.0f}%) of the target's top "
+        f"{cascade['top_percent']:g}%, from a {cascade['calibration_samples']}-sample calibration "
+        f"({cascade['kept']} of its top {cascade['calibration_top']})"
+    )
+
+
+def print_cascades(rows: list[dict[str, Any]]) -> None:
+    """Under the `selections` table: each screened selection's recall estimate."""
+    for row in rows:
+        if row.get("cascade"):
+            _line(f"selection {row['selection_id']}: {cascade_line(row['cascade'])}")
+
+
 def print_report(result) -> None:
     print_rows(result.summary, title=f"MIWV of {result.model} per dataset ({result.scorer})")
+    if result.ifd:
+        print_rows(result.ifd["summary"], title="IFD and ifd_ppl per dataset")
+        agreement = result.ifd["agreement"]
+        if agreement:
+            _line(
+                f"MIWV against IFD over {agreement['samples']} samples: Spearman {agreement['spearman']}; "
+                f"{agreement['top_overlap']} of MIWV's top {agreement['top_k']} are in IFD's top {agreement['top_k']}"
+            )
     _line("wrote " + ", ".join(str(path) for path in result.files))
 
 

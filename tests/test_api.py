@@ -118,6 +118,7 @@ def test_select_records_the_selection_and_its_output(filled, tmp_path):
             "rows": 5,
             "note": None,
         },
+        "cascade": None,
     }
 
 
