@@ -223,6 +223,7 @@ class Reported(_AsDict):
     summary: list[dict]  # one row per dataset, then "(all)"
     files: list[Path]
     ifd: dict | None = None  # IFD summary per dataset and MIWV-IFD agreement; None: no response losses
+    cascades: list[dict] | None = None  # its screened selections and their estimated recall
 
 
 @dataclass(frozen=True)
@@ -692,7 +693,7 @@ class Catalog:
 
         scorer, links = self._scores_for(model, scorer_id, embedder, "miwv")
         result = write_report(self._store, scorer.scorer_id, links.embedder_id, model, out)
-        return Reported(model, result.scorer, result.summary, result.files, result.ifd)
+        return Reported(model, result.scorer, result.summary, result.files, result.ifd, result.cascades)
 
     @checked(query=text, timeout=optional(_SECONDS))
     def sql(self, query: str, timeout: float | None = None) -> pa.Table:

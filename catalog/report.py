@@ -14,6 +14,7 @@ exactly what it was.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ class Report:
     scorer: str  # which scorer and template the losses come from
     # {"summary": rows per dataset then ALL, "agreement": one row or None}; None: the scorer has no response losses
     ifd: dict | None = None
+    # selections of this scorer made through a screen: their estimated recall of its top K% (selection.cascade)
+    cascades: list[dict] | None = None
 
 
 SUMMARY_SQL = """
@@ -126,6 +129,20 @@ def ifd_figures(conn: sa.Connection, scorer_id: int, embedder_id: int) -> dict |
     }
 
 
+# The newest selections ranked on this scorer's scores that came through a screen (`score --pool`).
+CASCADES_SQL = """
+    SELECT selection_id, strategy, top_k, top_percent, cascade
+    FROM selection WHERE scorer_id = $scorer AND cascade IS NOT NULL
+    ORDER BY selection_id DESC LIMIT 5
+"""
+
+
+def cascades(conn: sa.Connection, scorer_id: int) -> list[dict]:
+    """Each screened selection of the scorer with its recall estimate (the JSON of selection.cascade)."""
+    rows = db.records(conn, CASCADES_SQL, {"scorer": scorer_id})
+    return [{**row, "cascade": json.loads(row["cascade"])} for row in rows]
+
+
 def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str, out_dir: str | Path) -> Report:
     """Write summary.md, miwv_histogram.png and losses.png to the folder `out_dir`: a new one, or one
     a report or export wrote (it is replaced whole), never inside the catalog. The files are written
@@ -146,17 +163,18 @@ def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str,
             params,
         )
         ifd = ifd_figures(conn, scorer_id, embedder_id)
+        screened = cascades(conn, scorer_id)
     scorer = f"scorer {scorer_id}: template {template} (revision {revision})"
     with staged(out) as stage:
         stage.path.mkdir()
         (stage.path / MARKER).write_text("written by miwv-catalog `report --out`; it may replace this folder\n")
-        written = [_markdown(summary, model, scorer, stage.path / "summary.md", ifd)]
+        written = [_markdown(summary, model, scorer, stage.path / "summary.md", ifd, screened)]
         if points:
             written += [
                 _histogram(points, model, stage.path / "miwv_histogram.png"),
                 _losses(points, model, stage.path / "losses.png"),
             ]
-    return Report(summary, [out / path.name for path in written], scorer, ifd)
+    return Report(summary, [out / path.name for path in written], scorer, ifd, screened)
 
 
 def check_out(catalog: Catalog, out_dir: str | Path) -> Path:
@@ -168,7 +186,9 @@ def check_out(catalog: Catalog, out_dir: str | Path) -> Path:
     return out
 
 
-def _markdown(summary: list[dict], model: str, scorer: str, path: Path, ifd: dict | None = None) -> Path:
+def _markdown(
+    summary: list[dict], model: str, scorer: str, path: Path, ifd: dict | None = None, screened: list | None = None
+) -> Path:
     lines = [
         f"# MIWV of {model}",
         "",
@@ -182,6 +202,8 @@ def _markdown(summary: list[dict], model: str, scorer: str, path: Path, ifd: dic
     ]
     if ifd is not None:
         lines += ["", *_ifd_markdown(ifd)]
+    if screened:
+        lines += ["", "## Screening", "", *map(screen_line, screened)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -265,3 +287,14 @@ def _losses(points: list[dict], model: str, path: Path) -> Path:
         axis.plot([0, top], [0, top], color="black", linewidth=0.8)  # above the line: MIWV > 0
         axis.set(xlabel="L_zero", ylabel="L_one", title=f"{model}: one-shot vs zero-shot loss")
     return path
+
+
+def screen_line(row: dict) -> str:
+    """One screened selection's estimate in words (the estimate covers its top K%, from the calibration)."""
+    c = row["cascade"]
+    return (
+        f"- selection {row['selection_id']} ({row['strategy']}): the screen (selection {c['screen_selection_id']}) "
+        f"kept an estimated {c['recall']:.0%} (95% CI {c['ci_low']:.0%}-{c['ci_high']:.0%}) of this model's top "
+        f"{c['top_percent']:g}%, from {c['calibration_scored']} calibration samples ({c['kept']} of their top "
+        f"{c['calibration_top']} were in the screen)."
+    )

@@ -267,6 +267,11 @@ def print_report(result) -> None:
                 f"MIWV against IFD over {agreement['samples']} samples: Spearman {agreement['spearman']}; "
                 f"{agreement['top_overlap']} of MIWV's top {agreement['top_k']} are in IFD's top {agreement['top_k']}"
             )
+    if result.cascades:
+        from catalog.report import screen_line
+
+        for row in result.cascades:
+            _line(screen_line(row).removeprefix("- "))
     _line("wrote " + ", ".join(str(path) for path in result.files))
 
 

@@ -157,6 +157,10 @@ def test_a_cascade_scores_the_screen_and_its_calibration_and_its_estimate_holds(
     assert f"selection {picked['selection_id']}: the screen (selection {screen['selection_id']}) kept an estimated" in (
         shown
     )
+    reported = run.json("report", "--model", "smollm2-135m", "--scorer", scorer, "--out", tmp_path / "report")
+    assert reported["cascades"][0]["cascade"] == estimate
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert f"the screen (selection {screen['selection_id']}) kept an estimated {estimate['recall']:.0%}" in summary
 
     run.json("score", "--model", "smollm2-135m", "--template", "alpaca")  # the target over everything
     top = id_set(
