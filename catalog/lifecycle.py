@@ -370,16 +370,20 @@ def _checkpoint(catalog: Catalog) -> None:
 
 def finish_purges(catalog: Catalog) -> int:
     """Finish purges whose LanceDB step did not (stopped after their DuckDB transaction); returns
-    how many. The write commands call it first (it looks through a write connection, which
-    upgrades an old catalog as they would); it holds the job lock while it deletes."""
-    if not catalog.exists() or not _pending_purges(catalog, catalog.write):
+    how many. The write commands call it first. It looks through a read connection, so a reader
+    holding the catalog never makes it wait, on a handle that upgrades an old catalog as the
+    write command would anyway; it holds the job lock while it deletes."""
+    if not catalog.exists():
+        return 0
+    upgrading = Catalog(catalog.path, catalog.busy_timeout, auto_upgrade=True)
+    if not _pending_purges(upgrading):
         return 0
     with catalog.job("purge"):
         return _delete_purged_vectors(catalog)
 
 
-def _pending_purges(catalog: Catalog, connect=None) -> list[int]:
-    with (connect or catalog.read)() as conn:
+def _pending_purges(catalog: Catalog) -> list[int]:
+    with catalog.read() as conn:
         return [row[0] for row in db.execute(conn, "SELECT change_id FROM catalog_change WHERE NOT vectors_done")]
 
 

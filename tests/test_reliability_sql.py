@@ -139,7 +139,7 @@ def test_ctrl_c_stops_a_slow_query_at_once(filled, catalog_dir):
     )
     try:
         db_file = os.path.realpath(catalog_dir / "catalog.duckdb")
-        while not any(os.path.realpath(fd.path) == db_file for fd in os.scandir(f"/proc/{query.pid}/fd")):
+        while db_file not in open_files(query.pid):
             time.sleep(0.01)  # imports, then the catalog opens
             assert query.poll() is None, "sql ended before it opened the catalog"
         time.sleep(1)  # the query runs
@@ -274,3 +274,14 @@ def test_a_bad_busy_timeout_is_one_line_naming_the_variable(filled, cli_run, mon
     result = cli_run("status")
     assert result.exit_code == 1 and f"MIWV_BUSY_TIMEOUT={value!r} is not a number" in result.output
     assert cli_run("models").exit_code == 0  # a command that needs no catalog still works
+
+
+def open_files(pid: int) -> set[str]:
+    """The files process `pid` has open now (an fd may close while they are listed)."""
+    names = set()
+    for fd in os.scandir(f"/proc/{pid}/fd"):
+        try:
+            names.add(os.path.realpath(os.readlink(fd.path)))
+        except OSError:
+            continue
+    return names
