@@ -14,7 +14,6 @@ until re-scored).
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 import sqlalchemy as sa
 
 from catalog import db
@@ -40,7 +39,7 @@ def refresh(
 ) -> None:
     """Recompute the rows of `sample_ids` (under one scorer, or one embedder, or all of them) from
     their links and losses. Call it inside the transaction that changed those inputs."""
-    ids = pa.table({"sample_id": pa.array(np.unique(sample_ids), pa.int64())})
+    ids = db.id_table(np.unique(sample_ids))
     params = {"scorer_id": scorer_id, "embedder_id": embedder_id}
     which = "($scorer_id IS NULL OR {s} = $scorer_id) AND ($embedder_id IS NULL OR {e} = $embedder_id)"
     with db.registered(conn, "_refreshed", ids):

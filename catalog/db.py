@@ -223,6 +223,11 @@ def raw(conn: sa.Connection) -> Any:
     return conn.connection.driver_connection
 
 
+def id_table(sample_ids) -> pa.Table:
+    """A one-column Arrow table of sample ids (int64), to register and join against."""
+    return pa.table({"sample_id": pa.array(sample_ids, pa.int64())})
+
+
 @contextmanager
 def registered(conn: sa.Connection, name: str, rows: pa.Table) -> Iterator[None]:
     """Make the Arrow table `rows` queryable as `name` on `conn` for the block."""

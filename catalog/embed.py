@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from catalog import db
 from catalog.choices import DEFAULT_EMBEDDER
@@ -103,7 +102,7 @@ def samples_to_embed(catalog: Catalog, embedded: np.ndarray) -> tuple[np.ndarray
     """(sample_ids, user texts) of current samples without a vector, shortest text first (a retired
     sample is not searched nor scored: it gets a vector only if an ingest brings it back)."""
     with catalog.read() as conn:
-        with db.registered(conn, "embedded", pa.table({"sample_id": pa.array(embedded, pa.int64())})):
+        with db.registered(conn, "embedded", db.id_table(embedded)):
             table = db.query_arrow(
                 conn,
                 """

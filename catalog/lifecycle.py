@@ -118,7 +118,7 @@ def plan_leaving(conn: sa.Connection, candidates: pa.Table) -> Leaving:
                GROUP BY m.sample_id HAVING count(l.sample_id) = count(*) ORDER BY 1""",
         )["sample_id"].to_numpy()
         rows_out = dict(db.execute(conn, "SELECT dataset, count(*) FROM _leaving GROUP BY dataset"))
-    with db.registered(conn, "_retired", pa.table({"sample_id": pa.array(retired, pa.int64())})):
+    with db.registered(conn, "_retired", db.id_table(retired)):
         orphans = db.query_arrow(
             conn,
             """SELECT sample_id, embedder_id FROM neighbour_link
@@ -140,7 +140,7 @@ def leave(conn: sa.Connection, plan: Leaving, change_id: int) -> Leaving:
     carried. The caller records the dataset versions."""
     with (
         db.registered(conn, "_leaving", plan.leaving),
-        db.registered(conn, "_retired", pa.table({"sample_id": pa.array(plan.retired, pa.int64())})),
+        db.registered(conn, "_retired", db.id_table(plan.retired)),
         db.registered(conn, "_orphans", plan.orphans),
     ):
         db.execute(
@@ -290,15 +290,12 @@ def _ids_from_file(path: Path) -> np.ndarray:
 
 
 def _matching(catalog: Catalog, where: str) -> np.ndarray:
-    """Ids of current samples matching `where`, computed read-only in the `sql` sandbox."""
-    from catalog.query import one_condition, run_query
+    """Ids of current samples matching `where`, computed in a read-only connection (the `sql` sandbox):
+    the removal's own write connection is not sandboxed."""
+    from catalog.query import matching_ids
 
-    try:
-        condition = one_condition(where)
-        table = run_query(catalog, f"SELECT sample_id FROM samples WHERE ({condition})")
-    except UserError as error:
-        raise ArgumentError("{0} is not one SQL condition on the `samples` view", "where", detail=str(error)) from None
-    return np.unique(table["sample_id"].to_numpy())
+    with catalog.read() as conn:
+        return matching_ids(conn, where)
 
 
 def _candidates(conn, dataset: str | None, ids, matched, everything: bool) -> pa.Table:
@@ -312,7 +309,7 @@ def _candidates(conn, dataset: str | None, ids, matched, everything: bool) -> pa
     sql = "SELECT sample_id, dataset FROM membership WHERE ($dataset IS NULL OR dataset = $dataset)"
     if chosen is None:
         return db.query_arrow(conn, sql, {"dataset": dataset}).cast(LEAVING)
-    with db.registered(conn, "_chosen", pa.table({"sample_id": pa.array(chosen, pa.int64())})):
+    with db.registered(conn, "_chosen", db.id_table(chosen)):
         return db.query_arrow(
             conn, sql + " AND sample_id IN (SELECT sample_id FROM _chosen)", {"dataset": dataset}
         ).cast(LEAVING)

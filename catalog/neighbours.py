@@ -31,7 +31,7 @@ def current_groups(catalog: Catalog, ids: np.ndarray) -> tuple[np.ndarray, np.nd
     until the purge's LanceDB step is done), so the neighbours step asks here which ones count.
     """
     with catalog.read() as conn:
-        with db.registered(conn, "wanted", pa.table({"sample_id": pa.array(ids, pa.int64())})):
+        with db.registered(conn, "wanted", db.id_table(ids)):
             table = db.query_arrow(
                 conn,
                 """

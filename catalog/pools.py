@@ -12,14 +12,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pyarrow as pa
 import sqlalchemy as sa
 
 from catalog import db
 from catalog.choices import STRATEGIES
 from catalog.datasets import require_dataset
 from catalog.errors import ArgumentError, UserError
-from catalog.query import one_condition, run_read_only
+from catalog.query import matching_ids
 from catalog.score import RunPool
 from catalog.store import Catalog
 
@@ -51,7 +50,7 @@ def resolve_pool(
         if selection_id is not None:
             ids = np.intersect1d(ids, _screen(conn, selection_id, dataset, full))
         if where is not None:
-            ids = np.intersect1d(ids, _matching(conn, where))
+            ids = np.intersect1d(ids, matching_ids(conn, where))
         calibration = _calibration(conn, full, calibrate, seed) if calibrate is not None else np.array([], np.int64)
     return RunPool(
         np.union1d(ids, calibration).astype(np.int64),
@@ -106,29 +105,16 @@ def _listed(conn: sa.Connection) -> str:
     return "selections: " + ", ".join(named) + (", ..." if len(rows) > LISTED else "")
 
 
-def _matching(conn: sa.Connection, where: str) -> np.ndarray:
-    """Ids of current samples matching `where`, computed read-only in the `sql` sandbox."""
-    try:
-        table = run_read_only(conn, f"SELECT sample_id FROM samples WHERE ({one_condition(where)})", ("SELECT",))
-    except UserError as error:
-        raise ArgumentError("{0} is not one SQL condition on the `samples` view", "where", detail=str(error)) from None
-    return np.unique(table["sample_id"].to_numpy().astype(np.int64))
-
-
 def _calibration(conn: sa.Connection, full: np.ndarray, percent: float, seed: int) -> np.ndarray:
     """Sorted ids of a seeded random `percent`% of `full` (rounded half up, at least 1): the first by
     md5(sample_id:seed), the order `select --strategy random` ranks by, so it is reproducible in SQL."""
     take = max(1, math.floor(len(full) * percent / 100 + 0.5))
-    with db.registered(conn, "_full", _ids(full)):
+    with db.registered(conn, "_full", db.id_table(full)):
         table = db.query_arrow(
             conn,
             f"SELECT sample_id FROM _full ORDER BY md5(sample_id::VARCHAR || ':{int(seed)}') LIMIT {take}",
         )
     return np.sort(table["sample_id"].to_numpy().astype(np.int64))
-
-
-def _ids(ids: np.ndarray) -> pa.Table:
-    return pa.table({"sample_id": pa.array(ids, pa.int64())})
 
 
 def cascade_estimate(

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from catalog import db
@@ -113,6 +114,16 @@ def one_condition(text: str) -> str:
     if depth or duckdb.tokenize(f"({text}\n)")[-1] != (len(data) + 2, duckdb.token_type.operator):
         raise UserError("a parenthesis, string or quoted name in it is never closed")
     return text
+
+
+def matching_ids(conn, where: str) -> np.ndarray:
+    """Sorted ids of the current samples matching `where`, one condition on the `samples` view, run
+    through `conn` (a read-only, sandboxed connection); ArgumentError naming `where` otherwise."""
+    try:
+        table = run_read_only(conn, f"SELECT sample_id FROM samples WHERE ({one_condition(where)})", ("SELECT",))
+    except UserError as error:
+        raise ArgumentError("{0} is not one SQL condition on the `samples` view", "where", detail=str(error)) from None
+    return np.unique(table["sample_id"].to_numpy().astype(np.int64))
 
 
 def first_line(error: Exception) -> str:

@@ -242,10 +242,6 @@ def _needs_sql(metrics: tuple[str, ...]) -> tuple[str, str]:
     return needs, losses
 
 
-def _ids_table(ids: np.ndarray) -> pa.Table:
-    return pa.table({"sample_id": pa.array(ids, pa.int64())})
-
-
 def plan_pool(
     catalog: Catalog,
     scorer_id: int,
@@ -274,7 +270,7 @@ def plan_pool(
     screen = "AND sample_id IN (SELECT sample_id FROM _pool)" if pool_ids is not None else ""
     params = {"dataset": dataset, "scorer_id": scorer_id} | ({"embedder_id": embedder_id} if miwv else {})
     with catalog.read() as conn:
-        with db.registered(conn, "_pool", _ids_table(pool_ids)) if pool_ids is not None else nullcontext():
+        with db.registered(conn, "_pool", db.id_table(pool_ids)) if pool_ids is not None else nullcontext():
             table = db.query_arrow(
                 conn,
                 f"""
@@ -329,7 +325,7 @@ def pending_rows(
     if ifd:
         pending += " OR r.sample_id IS NULL"
     params = {"scorer_id": scorer_id} | ({"embedder_id": embedder_id} if miwv else {})
-    with catalog.read() as conn, db.registered(conn, "_unit", _ids_table(ids)):
+    with catalog.read() as conn, db.registered(conn, "_unit", db.id_table(ids)):
         table = db.query_arrow(
             conn,
             f"""
@@ -407,7 +403,7 @@ def start_run(
             },
         )
         if run_pool is not None and len(run_pool.calibration_ids):
-            ids = _ids_table(run_pool.calibration_ids)
+            ids = db.id_table(run_pool.calibration_ids)
             rows = ids.append_column("run_id", pa.array([run_id] * len(ids), pa.int32()))
             db.insert_arrow(conn, "score_calibration", rows)
     return run_id

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from catalog import db
 from catalog.embed import embedders
@@ -48,7 +47,7 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
 
 def _current_vectors(conn, ids: np.ndarray) -> int:
     """How many current samples have one of the vectors `ids` (a retired sample keeps its vector)."""
-    vectors = pa.table({"sample_id": pa.array(np.unique(ids), pa.int64())})
+    vectors = db.id_table(np.unique(ids))
     with db.registered(conn, "_vectors", vectors):
         return db.execute(conn, "SELECT count(*) FROM _vectors SEMI JOIN membership USING (sample_id)")[0][0]
 

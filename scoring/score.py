@@ -20,7 +20,7 @@ from functools import partial
 import numpy as np
 
 from catalog import Catalog
-from catalog.choices import METRICS
+from catalog.arguments import metric_names
 from catalog.embed import embedders, find_embedder
 from catalog.errors import UserError
 from catalog.score import (
@@ -271,7 +271,7 @@ def score_catalog(
     """
     started = time.monotonic()
     catalog.require()
-    metrics = _checked_metrics(metrics)
+    metrics = metric_names("metrics", metrics)  # the API checked them already; a direct caller may not have
     spec = resolve_model(model)
     tokenizer = load_tokenizer(spec)
     template = choose_template(tokenizer, template)
@@ -358,14 +358,6 @@ def score_catalog(
         tally.by_kind[PassKind.RESPONSE],
         run_id,
     )
-
-
-def _checked_metrics(metrics: tuple[str, ...]) -> tuple[str, ...]:
-    """`metrics` without repeats, in METRICS order; UserError for none or an unknown one."""
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown or not metrics:
-        raise UserError(f"metrics must be one or more of {', '.join(METRICS)}; got {', '.join(metrics) or 'none'}")
-    return tuple(m for m in METRICS if m in metrics)
 
 
 NO_EMBEDDER = 0  # score_run.embedder_id of an IFD-only run in a catalog with no embedder (no links are read)
