@@ -205,6 +205,26 @@ def seed_0010(conn) -> None:
     )
 
 
+def seed_0011(conn) -> None:
+    """Embedder 1's links within dataset 'mix' beside its catalog-wide ones, their current scores under
+    scorer 1, and each sample's two nearest examples in that scope."""
+    db.execute(
+        conn,
+        """INSERT INTO neighbour_link SELECT sample_id, embedder_id, neighbour_id, similarity, run_id, computed_at, 'mix'
+                        FROM neighbour_link WHERE scope_dataset = ''""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO score_current SELECT * REPLACE ('mix' AS scope_dataset) FROM score_current
+                        WHERE scope_dataset = ''""",
+    )
+    db.execute(
+        conn,
+        """INSERT INTO example_list SELECT sample_id, embedder_id, 'mix', r, neighbour_id, similarity / r, computed_at
+                        FROM neighbour_link, range(1, 3) t(r) WHERE scope_dataset = 'mix' AND neighbour_id IS NOT NULL""",
+    )
+
+
 SEEDS = {
     "0001": seed_0001,
     "0002": seed_0002,
@@ -216,6 +236,7 @@ SEEDS = {
     "0008": seed_0008,
     "0009": seed_0009,
     "0010": seed_0010,
+    "0011": seed_0011,
 }
 
 
@@ -388,6 +409,23 @@ def test_0009_gives_each_earlier_ingest_a_change_and_a_dataset_version(tmp_path)
         ("extra", 2, "remove", 5),
         ("mix", 2, "remove", 2),
     ]
+
+
+def test_0011_makes_every_earlier_link_and_score_catalog_wide(tmp_path):
+    """Links and current scores from before scopes are the catalog-wide ones; the views say so, and a
+    dataset-scoped row for the same sample can sit beside each."""
+    path = tmp_path / "old"
+    seeded_at(path, "0010")
+    with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
+        links = db.execute(conn, "SELECT count(*) FROM neighbour_link")[0][0]
+        scores = db.execute(conn, "SELECT count(*) FROM score_current")[0][0]
+        migrate.upgrade(conn, "0011")
+        assert db.execute(conn, "SELECT DISTINCT scope, scope_dataset FROM neighbours") == [("catalog", None)]
+        assert db.execute(conn, "SELECT count(*), min(scope) FROM miwv_scores") == [(scores, "catalog")]
+        seed_0011(conn)
+        by_scope = db.execute(conn, "SELECT scope, scope_dataset, count(*) FROM neighbours GROUP BY ALL ORDER BY 1")
+        assert by_scope == [("catalog", None, links), ("dataset", "mix", links)]
+        assert db.execute(conn, "SELECT count(DISTINCT scope) FROM miwv_scores") == [(2,)]
 
 
 def test_every_revision_has_a_seed_so_the_next_one_is_tested_with_data():
