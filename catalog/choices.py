@@ -15,6 +15,9 @@ RECORD_SHAPES = ("alpaca", "sharegpt", "openai")  # input record shapes ingest u
 COLUMN_TARGETS = ("instruction", "input", "output", "system", "history", "conversations", "messages")
 POOLINGS = ("mean", "cls", "max")  # token pooling of an embedder; mean as in the paper
 NEIGHBOUR_METHODS = ("auto", "exact", "ann")
+# where a sample's one-shot example is searched: the whole catalog, or each dataset it belongs to (the paper's setting)
+SCOPES = ("catalog", "dataset")
+DEFAULT_SCOPE = "catalog"
 EXACT_LIMIT = 1_000_000  # samples; above it, "auto" uses the LanceDB ANN index (exact is faster below, on CPU)
 
 # prompt formats a scorer renders samples with (or a .jinja chat template file): the model's chat

@@ -426,6 +426,15 @@ def test_0011_makes_every_earlier_link_and_score_catalog_wide(tmp_path):
         by_scope = db.execute(conn, "SELECT scope, scope_dataset, count(*) FROM neighbours GROUP BY ALL ORDER BY 1")
         assert by_scope == [("catalog", None, links), ("dataset", "mix", links)]
         assert db.execute(conn, "SELECT count(DISTINCT scope) FROM miwv_scores") == [(2,)]
+        listed = db.execute(
+            conn,
+            """SELECT count(*) FROM example_list x JOIN one_shot_loss o USING (sample_id, neighbour_id)
+               WHERE o.scorer_id = 1 AND x.neighbour_id IN (SELECT sample_id FROM membership)""",
+        )[0][0]
+        assert listed > 0
+        assert db.execute(conn, "SELECT count(*), min(scope_dataset) FROM miwv_examples WHERE scorer_id = 1") == [
+            (listed, "mix")
+        ]
 
 
 def test_every_revision_has_a_seed_so_the_next_one_is_tested_with_data():

@@ -12,7 +12,9 @@
   found them; with the one-shot losses (keyed per sample and example) they give MIWV@k.
 - embedder.text_prefix: what the embedder puts before each text (E5's "query: "); NULL: nothing.
 - views: `neighbours` and `miwv_scores` gain `scope` ('catalog' | 'dataset') and `scope_dataset`
-  (the dataset, NULL when catalog-wide).
+  (the dataset, NULL when catalog-wide). `miwv_examples`: MIWV with each listed example (rank k), for
+  lists that are still current: the sample and the example are current members of the scope, and
+  the list's rank 1 is the sample's current link.
 
 Revision ID: 0011
 Revises: 0010
@@ -112,6 +114,30 @@ def upgrade() -> None:
         FROM score_current c
         JOIN embedder e USING (embedder_id)
         JOIN scorer sc USING (scorer_id)
+        """
+    )
+
+    op.execute(
+        f"""
+        CREATE VIEW miwv_examples AS
+        SELECT x.sample_id, sc.model, e.name AS embedder, {_SCOPE.format(s="x.scope_dataset")}, x.rank,
+               x.neighbour_id, x.similarity, z.loss AS zero_shot_loss, o.loss AS one_shot_loss,
+               o.loss - z.loss AS miwv,
+               CASE WHEN z.status <> 'ok' THEN z.status ELSE o.status END AS status,
+               o.example_truncated, z.scorer_id, x.embedder_id, x.computed_at
+        FROM example_list x
+        JOIN example_list first
+          ON first.sample_id = x.sample_id AND first.embedder_id = x.embedder_id
+         AND first.scope_dataset = x.scope_dataset AND first.rank = 1
+        JOIN neighbour_link l
+          ON l.sample_id = x.sample_id AND l.embedder_id = x.embedder_id AND l.scope_dataset = x.scope_dataset
+         AND l.neighbour_id = first.neighbour_id
+        JOIN embedder e ON e.embedder_id = x.embedder_id
+        JOIN zero_shot_loss z ON z.sample_id = x.sample_id
+        JOIN scorer sc ON sc.scorer_id = z.scorer_id
+        JOIN one_shot_loss o ON o.sample_id = x.sample_id AND o.scorer_id = z.scorer_id AND o.neighbour_id = x.neighbour_id
+        WHERE x.neighbour_id IN (SELECT m.sample_id FROM membership m
+                                 WHERE x.scope_dataset = '' OR m.dataset = x.scope_dataset)
         """
     )
 
