@@ -17,6 +17,7 @@ import miwv
 from catalog import DEFAULT_PATH
 from catalog.choices import (
     DEFAULT_EMBEDDER,
+    DEFAULT_SCOPE,
     DEVICE_HELP,
     DTYPES,
     EXACT_LIMIT,
@@ -27,6 +28,7 @@ from catalog.choices import (
     NEIGHBOUR_METHODS,
     POOLINGS,
     RECORD_SHAPES,
+    SCOPES,
     STRATEGIES,
     TEMPLATES,
 )
@@ -290,6 +292,18 @@ def neighbour_search_options(command):
     )(command)
 
 
+def scope_option(help_more: str):
+    """--scope, shared by `embed`, `neighbours`, `score`, `select` and `report`."""
+    return click.option(
+        "--scope",
+        type=click.Choice(SCOPES),
+        default=DEFAULT_SCOPE,
+        show_default=True,
+        help="Where each sample's one-shot example is searched: the whole catalog, or each dataset it belongs "
+        "to (the paper's setting). " + help_more,
+    )
+
+
 def ray_options(command):
     """--workers and --ray-address, shared by `embed` and `score`: without them, Ray is not used."""
     command = click.option(
@@ -308,7 +322,8 @@ def ray_options(command):
     "--embedder",
     default=DEFAULT_EMBEDDER,
     show_default=True,
-    help="Alias (minilm) or a local sentence-transformers / HF model folder.",
+    help="Alias (minilm, bge-large, e5-large, gte-base: see `models`), a Hugging Face id (Org/Name: from the HF "
+    "cache, downloaded when missing unless HF_HUB_OFFLINE=1) or a local sentence-transformers / HF model folder.",
 )
 @click.option(
     "--pooling",
@@ -320,6 +335,7 @@ def ray_options(command):
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @neighbour_search_options
+@scope_option("With dataset, every dataset's links are brought up to date.")
 @ray_options
 @json_option
 @click.pass_obj
@@ -331,6 +347,7 @@ def embed(
     batch_size: int,
     method: str,
     exact_limit: int,
+    scope: str,
     workers: int | None,
     ray_address: str | None,
     as_json: bool,
@@ -348,6 +365,7 @@ def embed(
         batch_size=batch_size,
         method=method,
         exact_limit=exact_limit,
+        scope=scope,
         workers=workers,
         ray_address=ray_address,
     )
@@ -359,6 +377,8 @@ def embed(
 @click.option("--rebuild", is_flag=True, help="Recompute every link from scratch (writes only those that differ).")
 @neighbour_search_options
 @click.option("--device", default="auto", show_default=True, help="Where the exact search runs: " + DEVICE_HELP)
+@scope_option("With dataset, every dataset's links, or --dataset's.")
+@click.option("--dataset", help="With --scope dataset: link this dataset's members only.")
 @json_option
 @click.pass_obj
 def neighbours(
@@ -368,12 +388,16 @@ def neighbours(
     method: str,
     exact_limit: int,
     device: str,
+    scope: str,
+    dataset: str | None,
     as_json: bool,
 ) -> None:
     """Update (or --rebuild) nearest-neighbour links of embedded samples."""
     from terminal.render import print_linked
 
-    result = catalog.neighbours(embedder, rebuild=rebuild, method=method, exact_limit=exact_limit, device=device)
+    result = catalog.neighbours(
+        embedder, rebuild=rebuild, method=method, exact_limit=exact_limit, device=device, scope=scope, dataset=dataset
+    )
     emit(result, as_json, print_linked)
 
 
@@ -436,6 +460,16 @@ def neighbours(
     "`select` can estimate what share of this model's top K% the screen kept.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --calibrate sample.")
+@scope_option("With dataset, --dataset names the dataset (run once per dataset).")
+@click.option(
+    "--examples",
+    type=int,
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="Also compute the one-shot loss with each sample's 2nd..K-th nearest example (MIWV@k): the stability "
+    "figures of `report` and --strategy miwv-mean. K=1 is the paper's MIWV.",
+)
 @json_option
 @click.pass_obj
 def score(
@@ -458,6 +492,8 @@ def score(
     where: str | None,
     calibrate: float | None,
     seed: int,
+    scope: str,
+    examples: int,
     as_json: bool,
 ) -> None:
     """Compute the losses of MODEL that are missing: zero-shot where absent, one-shot where there
@@ -484,6 +520,8 @@ def score(
         where=where,
         calibrate=calibrate,
         seed=seed,
+        scope=scope,
+        examples=examples,
     )
     emit(result, as_json, print_scored)
 
@@ -491,14 +529,19 @@ def score(
 @cli.command()
 @json_option
 def models(as_json: bool) -> None:
-    """List model aliases and whether their weights are here."""
+    """List model and embedder aliases and whether their files are here."""
     from terminal.render import print_json, print_rows
 
-    aliases = miwv.models()
+    listing = miwv.models()
     if as_json:
-        print_json({"models": aliases})
+        print_json(listing)
     else:
-        print_rows(aliases, title="model aliases (a local HF folder or a .gguf file also works as --model)")
+        print_rows(listing["models"], title="model aliases (a local HF folder or a .gguf file also works as --model)")
+        print_rows(
+            listing["embedders"],
+            title="embedder aliases (a Hugging Face id or a local folder also works as --embedder; "
+            "remote_code ones load only with MIWV_TRUST_REMOTE_CODE=1)",
+        )
 
 
 @cli.command("select")
@@ -537,6 +580,13 @@ def models(as_json: bool) -> None:
     type=click.Choice(EXPORT_TARGETS),
     help="--out is a folder for this trainer: the data and its dataset_info.json entry (LLaMA-Factory).",
 )
+@scope_option("With dataset, the scores with --dataset's own examples rank its members.")
+@click.option(
+    "--min-similarity",
+    type=float,
+    metavar="S",
+    help="Drop samples whose one-shot example is less similar (cosine) than S: an off-task example says little.",
+)
 @json_option
 @click.pass_obj
 def select_command(
@@ -556,6 +606,8 @@ def select_command(
     with_scores: bool,
     show_sql: bool,
     for_: str | None,
+    scope: str,
+    min_similarity: float | None,
     as_json: bool,
 ) -> None:
     """Select the top K% (or K) of a pool, record the selection, and optionally write it out."""
@@ -576,6 +628,8 @@ def select_command(
         shape=shape,
         with_scores=with_scores,
         for_=for_,
+        scope=scope,
+        min_similarity=min_similarity,
     )
     if show_sql and not as_json:
         click.echo(selection.sql + ";")
@@ -617,15 +671,23 @@ def selections(catalog: miwv.Catalog, as_json: bool) -> None:
 @click.option("--embedder", help="Whose neighbours the scores used (default: minilm, or the only one).")
 @click.option("--scorer", "scorer_id", type=int, help="Which scorer of --model (default: its newest).")
 @click.option("--out", type=click.Path(file_okay=False), default="report", show_default=True)
+@scope_option("With dataset, each dataset's rows use its own examples.")
 @json_option
 @click.pass_obj
 def report(
-    catalog: miwv.Catalog, model: str, embedder: str | None, scorer_id: int | None, out: str, as_json: bool
+    catalog: miwv.Catalog,
+    model: str,
+    embedder: str | None,
+    scorer_id: int | None,
+    out: str,
+    scope: str,
+    as_json: bool,
 ) -> None:
-    """Write MIWV histograms and a per-dataset summary (summary.md) to --out, and print the summary."""
+    """Write MIWV histograms and a per-dataset summary (summary.md) to --out, and print the summary (with
+    the stability figures when `score --examples 2` or more ran)."""
     from terminal.render import print_report
 
-    emit(catalog.report(model, out, embedder=embedder, scorer_id=scorer_id), as_json, print_report)
+    emit(catalog.report(model, out, embedder=embedder, scorer_id=scorer_id, scope=scope), as_json, print_report)
 
 
 @cli.command()

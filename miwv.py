@@ -46,6 +46,7 @@ from catalog.arguments import (
 )
 from catalog.choices import (
     DEFAULT_EMBEDDER,
+    DEFAULT_SCOPE,
     DTYPES,
     EXACT_LIMIT,
     EXPORT_FORMATS,
@@ -54,6 +55,7 @@ from catalog.choices import (
     NEIGHBOUR_METHODS,
     POOLINGS,
     RECORD_SHAPES,
+    SCOPES,
     STRATEGIES,
 )
 from catalog.errors import ArgumentError
@@ -97,6 +99,7 @@ _SHAPE = dict(shape=optional(one_of(EXPORT_SHAPES)), with_scores=flag)
 _EXPORT = dict(format=optional(one_of(EXPORT_FORMATS)), for_=optional(one_of(EXPORT_TARGETS)), **_SHAPE)
 _SECONDS = number(0, MAX_TIMEOUT, above=True, wanted=f"a positive number of seconds, at most {MAX_TIMEOUT:g}")
 _SCORES = dict(embedder=optional(embedder_ref), scorer_id=optional(_COUNT))
+_SCOPE = one_of(SCOPES)
 
 
 @checked(path=optional(file_path), **_OPENING)
@@ -115,11 +118,14 @@ def open(
     )
 
 
-def models() -> list[dict[str, str]]:
-    """Every model alias, where its weights come from, and where they are here (or why they are missing)."""
+def models() -> dict[str, list[dict[str, Any]]]:
+    """Model aliases ("models") and embedder aliases ("embedders"): where their files come from, and
+    where they are here (or why they are missing); embedders also with pooling, text prefix and
+    whether they need code from the Hub. Never downloads."""
+    from scoring.embed import describe_embedders
     from scoring.models import describe_aliases
 
-    return describe_aliases()
+    return {"models": describe_aliases(), "embedders": describe_embedders()}
 
 
 def _plain(value: Any) -> Any:
@@ -160,6 +166,8 @@ class Linked(_AsDict):
     changed: int  # links written
     without_neighbour: int
     seconds: float
+    scope: str = DEFAULT_SCOPE  # catalog, or dataset: then the figures add up the datasets linked
+    datasets: int = 0  # dataset scopes linked
 
 
 @dataclass(frozen=True)
@@ -201,6 +209,8 @@ class Scored(_AsDict):
     pool_selection_id: int | None  # the screen: the selection whose members were scored
     pool_where: str | None
     calibration: int  # samples of the calibration sample, scored whatever the screen kept
+    scope: str = DEFAULT_SCOPE  # where the one-shot examples came from: catalog, or the pool's dataset
+    examples: int = 1  # nearest examples per sample with a one-shot pass (MIWV@1..K)
 
 
 @dataclass(frozen=True)
@@ -224,6 +234,7 @@ class Reported(_AsDict):
     files: list[Path]
     ifd: dict | None = None  # IFD summary per dataset and MIWV-IFD agreement; None: no response losses
     cascades: list[dict] | None = None  # its screened selections and their estimated recall
+    stability: dict | None = None  # MIWV@1 against MIWV@2 per dataset (score --examples 2+); None: no lists
 
 
 @dataclass(frozen=True)
@@ -262,6 +273,7 @@ class Selection(_AsDict):
     _store: _Store = field(repr=False, compare=False)
     _scorer_id: int | None = field(repr=False)
     _embedder_id: int | None = field(repr=False)
+    _scope_dataset: str = field(default="", repr=False)
 
     def __len__(self) -> int:
         return self.selected
@@ -271,7 +283,9 @@ class Selection(_AsDict):
         """The selected samples in rank order, with their original extra fields."""
         from catalog.export import export_table
 
-        return export_table(self._store, self.sample_ids, shape, with_scores, self._scorer_id, self._embedder_id)
+        return export_table(
+            self._store, self.sample_ids, shape, with_scores, self._scorer_id, self._embedder_id, self._scope_dataset
+        )
 
     @checked(**_SHAPE)
     def to_pandas(self, shape: str | None = None, with_scores: bool = False) -> pandas.DataFrame:
@@ -305,7 +319,15 @@ class Selection(_AsDict):
 
         at_most_one(format=format, for_=for_)
         exported = export_samples(
-            self._store, self.sample_ids, path, for_ or format, shape, with_scores, self._scorer_id, self._embedder_id
+            self._store,
+            self.sample_ids,
+            path,
+            for_ or format,
+            shape,
+            with_scores,
+            self._scorer_id,
+            self._embedder_id,
+            self._scope_dataset,
         )
         return _from(Written, exported)
 
@@ -430,7 +452,7 @@ class Catalog:
 
         finish_purges(self._store)
 
-    @checked(embedder=name_or_path, pooling=one_of(POOLINGS), batch_size=_COUNT, **_SEARCH, **_RAY)
+    @checked(embedder=name_or_path, pooling=one_of(POOLINGS), batch_size=_COUNT, scope=_SCOPE, **_SEARCH, **_RAY)
     def embed(
         self,
         embedder: str = DEFAULT_EMBEDDER,
@@ -440,6 +462,7 @@ class Catalog:
         batch_size: int = 16,
         method: str = "auto",
         exact_limit: int = EXACT_LIMIT,
+        scope: str = DEFAULT_SCOPE,
         workers: int | None = None,
         ray_address: str | None = None,
     ) -> Embedded:
@@ -448,7 +471,7 @@ class Catalog:
         Args:
             embedder: an alias (minilm) or a local sentence-transformers / HF model folder.
             pooling: mean (the paper's), cls or max.
-            method, exact_limit: how neighbours are searched (see neighbours()).
+            method, exact_limit, scope: how and where neighbours are searched (see neighbours()).
             device: where embedding and the exact neighbour search run (auto: CUDA when present).
             workers, ray_address: embed on Ray workers on this machine, or on the cluster at
                 `ray_address` ("auto"); neither: in-process.
@@ -457,11 +480,11 @@ class Catalog:
 
         self._finish_purges()
         result: EmbedResult = embed_missing(self._store, embedder, pooling, device, batch_size, workers, ray_address)
-        linked = self._link(result.embedder, False, method, exact_limit, device)
+        linked = self._link(result.embedder, False, method, exact_limit, device, scope, None)
         row = result.embedder
         return Embedded(row.name, row.pooling, row.dimension, result.embedded, result.total, result.seconds, linked)
 
-    @checked(embedder=optional(embedder_ref), rebuild=flag, **_SEARCH)
+    @checked(embedder=optional(embedder_ref), rebuild=flag, scope=_SCOPE, dataset=optional(text), **_SEARCH)
     def neighbours(
         self,
         embedder: str | None = None,
@@ -470,6 +493,8 @@ class Catalog:
         method: str = "auto",
         exact_limit: int = EXACT_LIMIT,
         device: str = "auto",
+        scope: str = DEFAULT_SCOPE,
+        dataset: str | None = None,
     ) -> Linked:
         """Bring `embedder`'s nearest-neighbour links up to date (or recompute them: rebuild=True).
 
@@ -478,16 +503,23 @@ class Catalog:
             method: "exact", "ann" (LanceDB index, re-ranked exactly) or "auto" (exact up to
                 `exact_limit` samples).
             device: where the exact search runs (auto: CUDA when present); links are the same anywhere.
+            scope: "catalog" (a sample's example is its nearest other sample in the catalog) or "dataset"
+                (its nearest other member of each dataset it is in: one link per dataset; the paper's setting).
+            dataset: with scope="dataset", link this dataset only (default: every dataset).
         """
         from catalog.embed import find_embedder
 
         self._finish_purges()
-        return self._link(find_embedder(self._store, embedder), rebuild, method, exact_limit, device)
+        return self._link(find_embedder(self._store, embedder), rebuild, method, exact_limit, device, scope, dataset)
 
-    def _link(self, embedder, rebuild: bool, method: str, exact_limit: int, device: str) -> Linked:
+    def _link(
+        self, embedder, rebuild: bool, method: str, exact_limit: int, device: str, scope: str, dataset: str | None
+    ) -> Linked:
         from scoring.neighbours import link_neighbours
 
-        result: LinkResult = link_neighbours(self._store, embedder, rebuild, method, exact_limit, device)
+        result: LinkResult = link_neighbours(
+            self._store, embedder, rebuild, method, exact_limit, device, scope=scope, dataset=dataset
+        )
         return _from(Linked, result)
 
     @checked(
@@ -507,6 +539,8 @@ class Catalog:
         where=optional(any_text),
         calibrate=optional(number(0, 100, above=True)),
         seed=whole(*INT32),
+        scope=_SCOPE,
+        examples=_COUNT,
         **_RAY,
     )
     def score(
@@ -530,6 +564,8 @@ class Catalog:
         where: str | None = None,
         calibrate: float | None = None,
         seed: int = 0,
+        scope: str = DEFAULT_SCOPE,
+        examples: int = 1,
     ) -> Scored:
         """Compute the missing losses of `model` (alias, HF folder or .gguf) for `metrics` over the pool.
 
@@ -547,6 +583,10 @@ class Catalog:
             calibrate, seed: with a screen, also score a seeded random `calibrate`% of the full pool
                 (the catalog, or `dataset`); select() then estimates what share of this model's top
                 K% the screen kept (Selection.cascade).
+            scope: where one-shot examples come from: "catalog" or "dataset" (each sample's nearest other
+                member of `dataset`, which is then required; run neighbours(scope="dataset") first).
+            examples: K > 1 also scores each sample with its 2nd..K-th nearest example (MIWV@k): the
+                stability figures of report() and strategy="miwv-mean".
         """
         from catalog.pools import resolve_pool
         from scoring.score import score_catalog
@@ -570,6 +610,8 @@ class Catalog:
             gpus_per_worker=gpus_per_worker,
             metrics=metrics,
             pool=screen,
+            scope=scope,
+            examples=examples,
         )
         kind = "+".join(name for name, given in (("selection", pool), ("where", where)) if given is not None)
         return _from(
@@ -590,6 +632,8 @@ class Catalog:
         where=optional(any_text),
         seed=whole(*INT32),
         out=optional(file_path),
+        scope=_SCOPE,
+        min_similarity=optional(number(-1, 1)),
         **_SCORES,
         **_EXPORT,
     )
@@ -610,6 +654,8 @@ class Catalog:
         shape: str | None = None,
         with_scores: bool = False,
         for_: str | None = None,
+        scope: str = DEFAULT_SCOPE,
+        min_similarity: float | None = None,
     ) -> Selection:
         """Select the top K (top_k) or K% of the pool size (top_percent) and record the selection.
 
@@ -623,6 +669,10 @@ class Catalog:
             scorer_id: which of `model`'s scorers (default: its newest; see status()["scores"]).
             out, format, shape, with_scores, for_: also write the samples there, as Selection.write();
                 the output is recorded with the selection.
+            scope: whose examples' scores rank: "catalog" or "dataset" (`dataset`'s own examples; needs
+                `dataset` and score(scope="dataset")). strategy="miwv-mean" ranks on the mean MIWV over a
+                sample's K examples (score(examples=K)).
+            min_similarity: drop samples whose one-shot example's cosine similarity is below it.
         """
         from catalog.select import Request, select
 
@@ -637,6 +687,8 @@ class Catalog:
             seed,
             scorer.scorer_id if scorer else None,
             links.embedder_id if links else None,
+            scope,
+            min_similarity,
         )
         chosen, exported = select(self._store, request, out, format, shape, with_scores, for_)
         return Selection(
@@ -656,6 +708,7 @@ class Catalog:
             self._store,
             request.scorer_id,
             request.embedder_id,
+            request.scope_dataset,
         )
 
     def _scores_for(self, model: str | None, scorer_id: int | None, embedder: str | None, strategy: str):
@@ -679,7 +732,7 @@ class Catalog:
 
         return list_selections(self._store)
 
-    @checked(model=name_or_path, out=file_path, **_SCORES)
+    @checked(model=name_or_path, out=file_path, scope=_SCOPE, **_SCORES)
     def report(
         self,
         model: str,
@@ -687,13 +740,18 @@ class Catalog:
         *,
         embedder: str | None = None,
         scorer_id: int | None = None,
+        scope: str = DEFAULT_SCOPE,
     ) -> Reported:
-        """Write summary.md, miwv_histogram.png and losses.png for `model` to the folder `out`."""
+        """Write summary.md, miwv_histogram.png and losses.png for `model` to the folder `out`; with
+        scope="dataset", each dataset's figures use its own examples. With score(examples=2) or more,
+        Reported.stability says how much MIWV depends on which example was found."""
         from catalog.report import write_report
 
         scorer, links = self._scores_for(model, scorer_id, embedder, "miwv")
-        result = write_report(self._store, scorer.scorer_id, links.embedder_id, model, out)
-        return Reported(model, result.scorer, result.summary, result.files, result.ifd, result.cascades)
+        result = write_report(self._store, scorer.scorer_id, links.embedder_id, model, out, scope)
+        return Reported(
+            model, result.scorer, result.summary, result.files, result.ifd, result.cascades, result.stability
+        )
 
     @checked(query=text, timeout=optional(_SECONDS))
     def sql(self, query: str, timeout: float | None = None) -> pa.Table:

@@ -15,7 +15,13 @@ from catalog.vectors import VectorTable
 
 @dataclass(frozen=True)
 class EmbedderRow:
-    """An embedder as the catalog records it."""
+    """An embedder as the catalog records it.
+
+    `path` is where its files came from (a Hub id, else a folder); `text_prefix` what it puts
+    before each text (E5's "query: "; None: nothing). An embedder is identified by (fingerprint,
+    pooling): the fingerprint covers the files and the prefix (scoring.embed.embedder_identity), so
+    the same files with and without a prefix are two embedders with their own vectors.
+    """
 
     embedder_id: int
     name: str
@@ -24,12 +30,13 @@ class EmbedderRow:
     pooling: str
     fingerprint: str
     max_seq_length: int | None
+    text_prefix: str | None = None
 
     def vectors(self, catalog: Catalog) -> VectorTable:
         return VectorTable(catalog.vectors_path, self.embedder_id, self.dimension)
 
 
-_COLUMNS = "embedder_id, name, path, dimension, pooling, fingerprint, max_seq_length"
+_COLUMNS = "embedder_id, name, path, dimension, pooling, fingerprint, max_seq_length, text_prefix"
 
 
 def _by_files(conn, fingerprint: str, pooling: str) -> EmbedderRow | None:
@@ -50,9 +57,17 @@ def lookup_embedder(catalog: Catalog, fingerprint: str, pooling: str) -> Embedde
 
 
 def register_embedder(
-    catalog: Catalog, name: str, path: str, dimension: int, pooling: str, fingerprint: str, max_seq_length: int | None
+    catalog: Catalog,
+    name: str,
+    path: str,
+    dimension: int,
+    pooling: str,
+    fingerprint: str,
+    max_seq_length: int | None,
+    text_prefix: str | None = None,
 ) -> EmbedderRow:
-    """Record an embedder (or return the one with the same files and pooling)."""
+    """Record an embedder (or return the one with the same fingerprint and pooling: the same files
+    and text prefix, see EmbedderRow)."""
     with catalog.write() as conn:
         known = _by_files(conn, fingerprint, pooling)
         if known is not None:
@@ -61,8 +76,9 @@ def register_embedder(
         db.execute(
             conn,
             """INSERT INTO embedder (embedder_id, name, path, dimension, pooling, normalized, max_seq_length,
-                                   fingerprint, created_at)
-            VALUES ($embedder_id, $name, $path, $dimension, $pooling, true, $max_seq_length, $fingerprint, $now)""",
+                                   fingerprint, created_at, text_prefix)
+            VALUES ($embedder_id, $name, $path, $dimension, $pooling, true, $max_seq_length, $fingerprint, $now,
+                    $text_prefix)""",
             {
                 "embedder_id": embedder_id,
                 "name": name,
@@ -72,13 +88,15 @@ def register_embedder(
                 "max_seq_length": max_seq_length,
                 "fingerprint": fingerprint,
                 "now": db.utcnow(),
+                "text_prefix": text_prefix,
             },
         )
-    return EmbedderRow(embedder_id, name, path, dimension, pooling, fingerprint, max_seq_length)
+    return EmbedderRow(embedder_id, name, path, dimension, pooling, fingerprint, max_seq_length, text_prefix)
 
 
 def find_embedder(catalog: Catalog, name: str | None = None) -> EmbedderRow:
-    """The embedder called `name` (alias, path or id), else the default one, else the only one."""
+    """The embedder called `name` (its alias or name, its source path or Hub id, or its embedder_id), else
+    the default one, else the only one."""
     rows = embedders(catalog)
     if not rows:
         raise UserError(f"catalog {catalog.path} has no embeddings yet: run `python cli.py embed` first")

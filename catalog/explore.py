@@ -12,13 +12,18 @@ A scorer with response-alone losses also has IFD and ifd_ppl (the `ifd_scores` v
 page adds their summary and agreement with MIWV (the `report` statements), its samples can be sorted
 and filtered by them, a sample's page shows them beside its MIWV, and the compare page can rank
 either side by them. A scorer without response losses is read by the very statements it was before.
+
+Scores come in neighbour scopes (`scope_dataset` in `score_current` and `neighbour_link`: '' when a
+sample's example was searched over the whole catalog, else the dataset it was searched in; a sample
+in two datasets has a row per dataset). A page reads one scope (ScoreKey.scope_dataset), so no list
+or summary holds a sample twice; a sample's own page shows every scope it has.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,7 +32,14 @@ from catalog import db, migrate
 from catalog.datasets import require_dataset
 from catalog.errors import UserError
 from catalog.query import one_condition, run_read_only
-from catalog.report import AGREEMENT_SQL, ALL, HAS_IFD_SQL, IFD_SUMMARY_SQL, SUMMARY_SQL, TOP_PERCENT
+from catalog.report import (
+    AGREEMENT_ONE_SCOPE_SQL,
+    ALL,
+    HAS_IFD_SQL,
+    IFD_SUMMARY_SQL,
+    SUMMARY_ONE_SCOPE_SQL,
+    TOP_PERCENT,
+)
 from catalog.score import find_scorer
 from catalog.select import MEMBERS_GONE, POOL_STATE
 from catalog.status import DATASETS_SQL, EMBEDDERS_SQL, INGESTS_SQL, SCORES_SQL, catalog_status
@@ -154,7 +166,8 @@ def overview(catalog: Catalog, conn: sa.Connection, runs: int = 10) -> tuple[dic
 
 @dataclass(frozen=True)
 class ScoreKey:
-    """One model's scores: a scorer (model, template, max length, dtype) with one embedder's neighbours."""
+    """One model's scores: a scorer (model, template, max length, dtype) with one embedder's neighbours
+    in one scope (`scope_dataset`: '' catalog-wide, else the dataset its examples come from)."""
 
     model: str
     scorer_id: int
@@ -163,6 +176,12 @@ class ScoreKey:
     template: str
     max_length: int
     dtype: str
+    scope_dataset: str = ""
+
+    @property
+    def scope(self) -> str:
+        """The scope as the explorer's URLs name it (`scope=`)."""
+        return scope_name(self.scope_dataset)
 
 
 # A scorer without losses (its runs stopped before their first commit) comes last.
@@ -212,8 +231,56 @@ def find_scores(
     return matches[0]
 
 
-def _of(key: ScoreKey) -> dict[str, int]:
-    return {"scorer": key.scorer_id, "embedder": key.embedder_id}
+def _of(key: ScoreKey) -> dict[str, int | str]:
+    return {"scorer": key.scorer_id, "embedder": key.embedder_id, "scope": key.scope_dataset}
+
+
+# ---- scopes: where a sample's example was searched -----------------------------------------
+
+CATALOG_SCOPE = "catalog"
+DATASET_SCOPE = "dataset:"  # + the dataset's name
+
+
+def scope_name(scope_dataset: str) -> str:
+    """`catalog` for the catalog-wide scope (stored as ''), else `dataset:NAME`."""
+    return f"{DATASET_SCOPE}{scope_dataset}" if scope_dataset else CATALOG_SCOPE
+
+
+def parse_scope(text: str) -> str:
+    """The stored scope_dataset of a scope named as in the URLs (`catalog` or `dataset:NAME`)."""
+    if text == CATALOG_SCOPE:
+        return ""
+    if text.startswith(DATASET_SCOPE) and text[len(DATASET_SCOPE) :]:
+        return text[len(DATASET_SCOPE) :]
+    raise UserError(f"unknown scope {text!r}; use {CATALOG_SCOPE} or {DATASET_SCOPE}NAME (a dataset)")
+
+
+# The scopes a (scorer, embedder) has current scores in: catalog-wide first, then datasets by name.
+SCOPES_SQL = """
+    SELECT DISTINCT scope_dataset FROM score_current WHERE scorer_id = $scorer AND embedder_id = $embedder
+    ORDER BY scope_dataset <> '', scope_dataset
+"""
+
+
+def scopes(conn: sa.Connection, key: ScoreKey) -> list[str]:
+    """The scope_datasets `key`'s scorer and embedder have scores in (none: it has no current score)."""
+    return [row[0] for row in db.execute(conn, SCOPES_SQL, {"scorer": key.scorer_id, "embedder": key.embedder_id})]
+
+
+def in_scope(conn: sa.Connection, key: ScoreKey, asked: str | None) -> ScoreKey:
+    """`key` in the scope `asked` names (`catalog` or `dataset:NAME`); None: catalog-wide where it has
+    such scores, else its first dataset scope. A scope it has no scores in is refused, naming those it has."""
+    present = scopes(conn, key)
+    if asked is None:
+        return replace(key, scope_dataset="" if "" in present or not present else present[0])
+    wanted = parse_scope(asked)
+    if wanted not in (present or [""]):
+        names = ", ".join(map(scope_name, present)) or "none"
+        raise UserError(
+            f"scorer {key.scorer_id} ({key.model}) with embedder {key.embedder} has no scores in scope {asked!r}; "
+            f"its scopes: {names}"
+        )
+    return replace(key, scope_dataset=wanted)
 
 
 def dataset_names(conn: sa.Connection) -> list[str]:
@@ -240,7 +307,7 @@ def _no_ifd(key: ScoreKey, asked: str) -> UserError:
 
 STATUS_SQL = """
     SELECT status, count(*) AS samples
-    FROM score_current WHERE scorer_id = $scorer AND embedder_id = $embedder
+    FROM score_current WHERE scorer_id = $scorer AND embedder_id = $embedder AND scope_dataset = $scope
     GROUP BY status ORDER BY samples DESC
 """
 
@@ -248,7 +315,7 @@ HISTOGRAM_SQL = """
     WITH scored AS (
         SELECT m.miwv, d.dataset
         FROM score_current m JOIN membership d USING (sample_id)
-        WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'
+        WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.scope_dataset = $scope AND m.status = 'ok'
     ),
     bounds AS (SELECT min(miwv) AS lo, greatest(max(miwv) - min(miwv), 1e-9) / $bins AS width FROM scored)
     SELECT dataset, least(floor((miwv - lo) / width), $bins - 1)::INTEGER AS bin,
@@ -261,11 +328,14 @@ HISTOGRAM_SQL = """
 POINTS_SQL = """
     SELECT sample_id, zero_shot_loss, one_shot_loss, miwv
     FROM score_current
-    WHERE scorer_id = $scorer AND embedder_id = $embedder AND status = 'ok'
+    WHERE scorer_id = $scorer AND embedder_id = $embedder AND scope_dataset = $scope AND status = 'ok'
     ORDER BY hash(sample_id), sample_id
     LIMIT $limit
 """
 
+
+# `report`'s summary and MIWV-IFD agreement over the rows of one stored scope (the page's).
+SUMMARY_SQL, AGREEMENT_SQL = SUMMARY_ONE_SCOPE_SQL, AGREEMENT_ONE_SCOPE_SQL
 
 HISTOGRAM_BINS = 40
 SCATTER_POINTS = 1500
@@ -356,15 +426,18 @@ DOWNLOAD_COLUMNS = """m.sample_id, s.datasets, m.status, m.miwv, m.zero_shot_los
 IFD_PAGE_COLUMNS = ", m.response_loss, m.ifd, m.ifd_ppl"
 # A scorer with response losses: its MIWV rows and its IFD rows side by side, so the list holds every
 # sample with either (one scored for IFD alone, a screen's `--metrics ifd`, has no MIWV row). status
-# is MIWV's, else IFD's; ifd and ifd_ppl are shown only where defined (status ok in `ifd_scores`).
+# is MIWV's, else IFD's; ifd and ifd_ppl are shown only where defined (status ok in `ifd_scores`). In a
+# dataset scope, the IFD rows are those of the dataset's members.
 IFD_SOURCE = """(SELECT coalesce(c.sample_id, i.sample_id) AS sample_id, coalesce(c.status, i.status) AS status, c.miwv,
         coalesce(c.zero_shot_loss, i.zero_shot_loss) AS zero_shot_loss, c.one_shot_loss, c.similarity,
         coalesce(c.n_response_tokens, i.n_response_tokens) AS n_response_tokens, c.neighbour_id, c.example_truncated,
         i.response_loss, i.ifd, i.ifd_ppl
- FROM (SELECT * FROM score_current WHERE scorer_id = $scorer AND embedder_id = $embedder) c
+ FROM (SELECT * FROM score_current WHERE scorer_id = $scorer AND embedder_id = $embedder AND scope_dataset = $scope) c
  FULL JOIN (SELECT sample_id, status, zero_shot_loss, n_response_tokens, response_loss,
                    CASE WHEN status = 'ok' THEN ifd END AS ifd, CASE WHEN status = 'ok' THEN ifd_ppl END AS ifd_ppl
-            FROM ifd_scores WHERE scorer_id = $scorer) i ON i.sample_id = c.sample_id) m"""
+            FROM ifd_scores WHERE scorer_id = $scorer
+             AND ($scope = '' OR sample_id IN (SELECT sample_id FROM membership WHERE dataset = $scope))) i
+   ON i.sample_id = c.sample_id) m"""
 # A page's texts and datasets, read from the tables for its ids alone: through the `samples`
 # view, DuckDB grouped all of `membership` first (seconds at 1M samples for 1,500 ids).
 PAGE_TEXTS_SQL = """
@@ -476,7 +549,7 @@ def _samples_sql(
     if needs_ifd and not ifd:
         raise _no_ifd(key, f"sorting or filtering by {needs_ifd[0]}")
     source = IFD_SOURCE if ifd else "score_current m"
-    conditions = [] if ifd else ["m.scorer_id = $scorer", "m.embedder_id = $embedder"]
+    conditions = [] if ifd else ["m.scorer_id = $scorer", "m.embedder_id = $embedder", "m.scope_dataset = $scope"]
     if query.dataset is not None:
         conditions.append("m.sample_id IN (SELECT sample_id FROM membership WHERE dataset = $dataset)")
         params["dataset"] = query.dataset
@@ -530,33 +603,38 @@ def _keyset(column: str, descending: bool, null_cursor: bool, backward: bool) ->
 
 SAMPLE_SQL = "SELECT * FROM samples WHERE sample_id = $id"
 
+# One row per embedder and scope: the catalog-wide example, then one per dataset the sample is in.
 NEIGHBOURS_SQL = """
-    SELECT n.embedder, n.embedder_id, n.neighbour_id, n.similarity, t.messages AS neighbour_messages,
-           t.instruction AS neighbour_instruction, t.input AS neighbour_input, t.user_text AS neighbour_user_text,
+    SELECT n.embedder, n.embedder_id, n.scope, n.scope_dataset, n.neighbour_id, n.similarity,
+           t.messages AS neighbour_messages, t.instruction AS neighbour_instruction, t.input AS neighbour_input,
+           t.user_text AS neighbour_user_text,
            t.response AS neighbour_response, t.datasets AS neighbour_datasets
     FROM neighbours n LEFT JOIN samples t ON t.sample_id = n.neighbour_id
-    WHERE n.sample_id = $id ORDER BY n.embedder_id
+    WHERE n.sample_id = $id ORDER BY n.embedder_id, n.scope_dataset NULLS FIRST
 """
 
-# Rank: position by MIWV, highest first, ties to the smaller sample_id (as `select` ranks).
+# Rank: position by MIWV, highest first, ties to the smaller sample_id (as `select` ranks), among the
+# scores of the same scorer, embedder and scope.
 # response_loss, ifd, ifd_ppl: from `ifd_scores` where the scorer has the response-alone loss
 # (ifd and ifd_ppl only where defined: ifd_status ok); NULL otherwise.
 SAMPLE_SCORES_SQL = """
-    SELECT m.model, m.scorer_id, m.template, m.max_length, m.embedder, m.embedder_id, m.status,
-           m.zero_shot_loss, m.one_shot_loss, m.miwv, i.response_loss,
+    SELECT m.model, m.scorer_id, m.template, m.max_length, m.embedder, m.embedder_id, m.scope, m.scope_dataset,
+           m.status, m.zero_shot_loss, m.one_shot_loss, m.miwv, i.response_loss,
            CASE WHEN i.status = 'ok' THEN i.ifd END AS ifd, CASE WHEN i.status = 'ok' THEN i.ifd_ppl END AS ifd_ppl,
            i.status AS ifd_status, m.n_response_tokens, m.example_truncated,
            m.neighbour_id, m.similarity, c.source, c.fingerprint, c.template_revision, c.template_hash, c.template_text,
            CASE WHEN m.status = 'ok' THEN 1 + (
                SELECT count(*) FROM score_current r
                WHERE r.scorer_id = m.scorer_id AND r.embedder_id = m.embedder_id AND r.status = 'ok'
+                 AND r.scope_dataset = coalesce(m.scope_dataset, '')
                  AND (r.miwv > m.miwv OR (r.miwv = m.miwv AND r.sample_id < m.sample_id))) END AS rank,
            (SELECT count(*) FROM score_current r
-            WHERE r.scorer_id = m.scorer_id AND r.embedder_id = m.embedder_id AND r.status = 'ok') AS ranked
+            WHERE r.scorer_id = m.scorer_id AND r.embedder_id = m.embedder_id AND r.status = 'ok'
+              AND r.scope_dataset = coalesce(m.scope_dataset, '')) AS ranked
     FROM miwv_scores m JOIN scorer c USING (scorer_id)
          LEFT JOIN ifd_scores i ON i.sample_id = m.sample_id AND i.scorer_id = m.scorer_id
     WHERE m.sample_id = $id
-    ORDER BY m.scorer_id, m.embedder_id
+    ORDER BY m.scorer_id, m.embedder_id, m.scope_dataset NULLS FIRST
 """
 
 # A retired sample: its row, as the `samples` view would show it, with no datasets.
@@ -690,7 +768,8 @@ def _side(name: str, score: str) -> str:
     if score == "miwv":
         return (
             f"SELECT sample_id, miwv AS score FROM score_current "
-            f"WHERE scorer_id = ${name}_scorer AND embedder_id = ${name}_embedder AND status = 'ok'"
+            f"WHERE scorer_id = ${name}_scorer AND embedder_id = ${name}_embedder AND scope_dataset = ${name}_scope "
+            f"AND status = 'ok'"
         )
     return f"SELECT sample_id, {score} AS score FROM ifd_scores WHERE scorer_id = ${name}_scorer AND status = 'ok'"
 
@@ -759,8 +838,8 @@ def compare_scores(
             raise _no_ifd(key, f"ranking side {side.upper()} by {score}")
     if not (isinstance(top_percent, int | float) and 0 < top_percent <= 100):
         raise UserError(f"top_percent must be a number above 0 and at most 100, not {top_percent!r}")
-    params = {"a_scorer": a.scorer_id, "a_embedder": a.embedder_id}
-    params |= {"b_scorer": b.scorer_id, "b_embedder": b.embedder_id, "top_percent": float(top_percent)}
+    params = {f"{side}_{name}": value for side, key in (("a", a), ("b", b)) for name, value in _of(key).items()}
+    params["top_percent"] = float(top_percent)
     pool = _compare_pool(a_score, b_score)
     if top_k is None:
         size = db.execute(conn, inline(pool + "\nSELECT count(*) FROM pool", params))[0][0]

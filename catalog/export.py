@@ -110,11 +110,14 @@ def export_samples(
     with_scores: bool = False,
     scorer_id: int | None = None,
     embedder_id: int | None = None,
+    scope_dataset: str = "",
 ) -> Exported:
     """Write `sample_ids`, in that order, to `out` (see write_samples), through a staging path."""
     target = check_target(catalog, out, file_format)
     with staged(target.path) as stage:
-        return write_samples(catalog, sample_ids, target, stage.path, shape, with_scores, scorer_id, embedder_id)
+        return write_samples(
+            catalog, sample_ids, target, stage.path, shape, with_scores, scorer_id, embedder_id, scope_dataset
+        )
 
 
 def write_samples(
@@ -126,6 +129,7 @@ def write_samples(
     with_scores: bool = False,
     scorer_id: int | None = None,
     embedder_id: int | None = None,
+    scope_dataset: str = "",
 ) -> Exported:
     """Write `sample_ids`, in that order, to `path` (a staging path for `target`).
 
@@ -133,13 +137,14 @@ def write_samples(
         shape: "alpaca" (instruction, input, output) or "messages"; default alpaca when every
             sample is one Alpaca exchange.
         with_scores: add miwv, zero_shot_loss, one_shot_loss and neighbour_similarity (from the
-            scores of `scorer_id` with `embedder_id`'s neighbours).
+            scores of `scorer_id` with `embedder_id`'s neighbours in the scope `scope_dataset`: '' for
+            catalog-wide examples, else a dataset's).
 
     A `llamafactory` target is a folder LLaMA-Factory trains from directly (see _write_llamafactory).
     Only current samples are written: members of a recorded selection that have left the catalog
     since (retired or purged) are left out, and the note says how many.
     """
-    rows, template = _rows(catalog, sample_ids, scorer_id, embedder_id)
+    rows, template = _rows(catalog, sample_ids, scorer_id, embedder_id, scope_dataset)
     gone = _gone(len(sample_ids), len(rows))
     if target.file_format == "llamafactory":
         return _with_note(_write_llamafactory(rows, template, target, path, shape, with_scores), gone)
@@ -197,7 +202,7 @@ def _finite(value):
 
 
 def _rows(
-    catalog: Catalog, sample_ids: list[int], scorer_id: int | None, embedder_id: int | None
+    catalog: Catalog, sample_ids: list[int], scorer_id: int | None, embedder_id: int | None, scope_dataset: str
 ) -> tuple[list[dict], str | None]:
     """The current samples among `sample_ids` (through the `samples` view: retired and purged ones are
     missing), in rank order, and the name of the template their scorer rendered them with."""
@@ -213,8 +218,9 @@ def _rows(
             JOIN samples s USING (sample_id)
             LEFT JOIN miwv_scores m
                    ON m.sample_id = w.sample_id AND m.scorer_id = $scorer AND m.embedder_id = $embedder
+                  AND coalesce(m.scope_dataset, '') = $scope
             ORDER BY w.rank""",
-            {"scorer": scorer_id, "embedder": embedder_id},
+            {"scorer": scorer_id, "embedder": embedder_id, "scope": scope_dataset},
         )
     for row in rows:
         row["messages"] = messages_of(row["messages"])
@@ -364,9 +370,10 @@ def export_table(
     with_scores: bool = False,
     scorer_id: int | None = None,
     embedder_id: int | None = None,
+    scope_dataset: str = "",
 ) -> pa.Table:
     """The records `export_samples` writes, in memory, as one Arrow table (same arguments)."""
-    rows, template = _rows(catalog, sample_ids, scorer_id, embedder_id)
+    rows, template = _rows(catalog, sample_ids, scorer_id, embedder_id, scope_dataset)
     return _table(_shaped_records(rows, template, shape, with_scores)[1])
 
 

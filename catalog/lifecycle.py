@@ -89,13 +89,19 @@ def record_versions(conn: sa.Connection, change_id: int, rows_in: dict[str, int]
     return versions
 
 
+# A row `l` with a scope_dataset whose sample `{s}` leaves that scope: a leaving member of the dataset,
+# or (catalog-wide) a retired sample. Needs the registered tables _leaving and _retired.
+_LEAVES_SCOPE = """(CASE WHEN l.scope_dataset = '' THEN {s} IN (SELECT sample_id FROM _retired)
+          ELSE EXISTS (SELECT 1 FROM _leaving v WHERE v.sample_id = {s} AND v.dataset = l.scope_dataset) END)"""
+
+
 @dataclass(frozen=True)
 class Leaving:
     """The membership rows that leave, and what their leaving does."""
 
     leaving: pa.Table  # (sample_id, dataset): current membership rows
     retired: np.ndarray  # samples left in no dataset
-    orphans: np.ndarray  # (sample_id, embedder_id) links of remaining samples whose neighbour is retired
+    orphans: pa.Table  # (sample_id, embedder_id, scope_dataset): links staying in a scope their neighbour leaves
     scores_stale: int
     rows_out: dict[str, int]
 
@@ -118,18 +124,16 @@ def plan_leaving(conn: sa.Connection, candidates: pa.Table) -> Leaving:
                GROUP BY m.sample_id HAVING count(l.sample_id) = count(*) ORDER BY 1""",
         )["sample_id"].to_numpy()
         rows_out = dict(db.execute(conn, "SELECT dataset, count(*) FROM _leaving GROUP BY dataset"))
-    with db.registered(conn, "_retired", db.id_table(retired)):
+    with db.registered(conn, "_leaving", leaving), db.registered(conn, "_retired", db.id_table(retired)):
         orphans = db.query_arrow(
             conn,
-            """SELECT sample_id, embedder_id FROM neighbour_link
-               WHERE neighbour_id IN (SELECT sample_id FROM _retired)
-                 AND sample_id NOT IN (SELECT sample_id FROM _retired)""",
+            f"""SELECT sample_id, embedder_id, scope_dataset FROM neighbour_link l
+               WHERE {_LEAVES_SCOPE.format(s="l.neighbour_id")} AND NOT {_LEAVES_SCOPE.format(s="l.sample_id")}""",
         )
         with db.registered(conn, "_orphans", orphans):
             stale = db.execute(
                 conn,
-                """SELECT count(*) FROM score_current c
-                   SEMI JOIN _orphans o ON o.sample_id = c.sample_id AND o.embedder_id = c.embedder_id""",
+                "SELECT count(*) FROM score_current SEMI JOIN _orphans USING (sample_id, embedder_id, scope_dataset)",
             )[0][0]
     return Leaving(leaving, retired, orphans, stale, rows_out)
 
@@ -155,17 +159,14 @@ def leave(conn: sa.Connection, plan: Leaving, change_id: int) -> Leaving:
             """DELETE FROM membership m USING _leaving l
                WHERE m.sample_id = l.sample_id AND m.dataset = l.dataset""",
         )
-        db.execute(
-            conn,
-            """DELETE FROM score_current c WHERE c.sample_id IN (SELECT sample_id FROM _retired)
-                  OR EXISTS (SELECT 1 FROM _orphans o
-                             WHERE o.sample_id = c.sample_id AND o.embedder_id = c.embedder_id)""",
-        )
-        db.execute(
-            conn,
-            """DELETE FROM neighbour_link WHERE sample_id IN (SELECT sample_id FROM _retired)
-                  OR neighbour_id IN (SELECT sample_id FROM _retired)""",
-        )
+        for table in ("score_current", "neighbour_link"):  # links (and their scores) of leavers and to leavers
+            db.execute(
+                conn,
+                f"""DELETE FROM {table} l WHERE {_LEAVES_SCOPE.format(s="l.sample_id")}
+                       OR EXISTS (SELECT 1 FROM _orphans o WHERE o.sample_id = l.sample_id
+                                  AND o.embedder_id = l.embedder_id AND o.scope_dataset = l.scope_dataset)""",
+            )
+        db.execute(conn, f"DELETE FROM example_list l WHERE {_LEAVES_SCOPE.format(s='l.sample_id')}")
     return plan
 
 
@@ -352,7 +353,8 @@ def _purge_rows(conn, change_id: int) -> int:
     db.execute(conn, f"DELETE FROM one_shot_loss WHERE sample_id IN {purged} OR neighbour_id IN {purged}", params)
     for table in ("zero_shot_loss", "response_loss"):
         db.execute(conn, f"DELETE FROM {table} WHERE sample_id IN {purged}", params)
-    db.execute(conn, f"DELETE FROM neighbour_link WHERE sample_id IN {purged} OR neighbour_id IN {purged}", params)
+    for table in ("neighbour_link", "example_list"):
+        db.execute(conn, f"DELETE FROM {table} WHERE sample_id IN {purged} OR neighbour_id IN {purged}", params)
     db.execute(conn, f"DELETE FROM score_current WHERE sample_id IN {purged}", params)
     count = db.execute(conn, f"DELETE FROM sample WHERE sample_id IN {purged}", params)[0][0]
     db.execute(conn, "UPDATE catalog_change SET vectors_done = false WHERE change_id = $change_id", params)

@@ -124,8 +124,10 @@ def cascade_estimate(
     strategy: str,
     top_percent: float,
     pool: str,
+    scope_dataset: str = "",
 ) -> dict | None:
-    """The share of the target's top `top_percent`% that its screen kept, estimated on its calibration sample.
+    """The share of the target's top `top_percent`% that its screen kept, estimated on its calibration sample
+    (MIWV strategies: their scores in the scope `scope_dataset`).
 
     When the scorer's latest finished run (with `embedder_id`'s links, for MIWV strategies) was
     screened by a selection and scored a calibration sample: of the calibration samples in `pool`
@@ -154,7 +156,7 @@ def cascade_estimate(
             calibration AS (SELECT sample_id FROM score_calibration JOIN pool USING (sample_id) WHERE run_id = $run_id),
             scored AS (
                 SELECT sample_id, m.{chosen.column} AS score FROM calibration JOIN {chosen.view} m USING (sample_id)
-                WHERE {chosen.rows_of(scorer_id, embedder_id)} AND {chosen.ranked_when}),
+                WHERE {chosen.rows_of(scorer_id, embedder_id, scope_dataset)} AND {chosen.ranked_when}),
             top AS (
                 SELECT sample_id FROM scored ORDER BY score {chosen.direction}, sample_id
                 LIMIT (SELECT greatest(1, floor(count(*) * {float(top_percent)!r} / 100 + 0.5))::BIGINT

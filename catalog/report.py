@@ -10,6 +10,11 @@ baselines beside MIWV: IFD and ifd_ppl per dataset (from the `ifd_scores` view, 
 only) and how far MIWV and IFD agree on the samples that have both, so a user sees on their own
 data whether the two scores would pick the same samples. Without response losses the report is
 exactly what it was.
+
+Scores are read in one scope: catalog-wide examples (the default), or with scope "dataset" each
+dataset's rows from the scores whose examples came from that dataset. When the scorer has MIWV with
+two or more examples per sample (`score --examples K`), a stability section says how far MIWV holds
+when the example changes (catalog.examples.stability).
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from catalog import db
-from catalog.errors import UserError
+from catalog.choices import SCOPES
+from catalog.errors import ArgumentError, UserError
+from catalog.examples import stability_in
 from catalog.export import MARKER, check_ours, staged
 from catalog.store import Catalog
 
@@ -39,13 +46,31 @@ class Report:
     ifd: dict | None = None
     # selections of this scorer made through a screen: their estimated recall of its top K% (selection.cascade)
     cascades: list[dict] | None = None
+    # {"scope": ..., "rows": one per dataset (scope dataset) or ALL (catalog): Stability.as_dict() and "dataset"};
+    # None: no sample has MIWV with two examples
+    stability: dict | None = None
 
 
-SUMMARY_SQL = """
+# A score_current row `m`, joined to a membership `d`, of the report's scope: catalog-wide, or d's dataset,
+# or one stored scope given as $scope (the explorer's pages read one at a time). Statements carry it as
+# {scope}; the constants below are the catalog-wide ones (scoped() gives any).
+_OF_SCOPE = {
+    "catalog": "m.scope_dataset = ''",
+    "dataset": "m.scope_dataset = d.dataset",
+    "one": "m.scope_dataset = $scope",
+}
+
+
+def scoped(sql: str, scope: str) -> str:
+    """A report statement (SUMMARY, AGREEMENT) for `scope` ("catalog", "dataset" or "one")."""
+    return sql.replace("{scope}", _OF_SCOPE[scope])
+
+
+_SUMMARY_SQL = """
     WITH scored AS (
         SELECT m.sample_id, m.miwv, m.similarity, m.zero_shot_loss, m.one_shot_loss, d.dataset
         FROM score_current m JOIN membership d USING (sample_id)
-        WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'
+        WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok' AND {scope}
     ),
     summary AS (  -- one row per dataset, and one ($all) over every (sample, dataset) row
         SELECT CASE WHEN grouping(dataset) = 1 THEN $all ELSE dataset END AS dataset,
@@ -64,6 +89,8 @@ SUMMARY_SQL = """
            l_zero, l_one, corr
     FROM summary WHERE scored > 0 ORDER BY dataset = $all, dataset
 """
+SUMMARY_SQL = scoped(_SUMMARY_SQL, "catalog")
+SUMMARY_ONE_SCOPE_SQL = scoped(_SUMMARY_SQL, "one")
 
 # Does the scorer have response-alone losses for a current sample (then IFD can be shown)?
 HAS_IFD_SQL = "SELECT EXISTS (SELECT 1 FROM ifd_scores WHERE scorer_id = $scorer) AS has_ifd"
@@ -97,12 +124,14 @@ TOP_PERCENT = 5  # the agreement's top share, as `select --top-percent 5` counts
 # MIWV against IFD on the samples that have both (status ok): Spearman's correlation is Pearson's
 # over the ranks (highest first, ties to the smaller sample_id, as `select` ranks); the overlap is
 # how many of MIWV's top K (K = 5% of those samples, rounded, at least 1) are in IFD's top K.
-# No row when no sample has both.
-AGREEMENT_SQL = """
+# No row when no sample has both. With scope "dataset", a sample counts once per dataset it is in.
+_AGREEMENT_SQL = """
     WITH both_scores AS (
-        SELECT m.sample_id, m.miwv, i.ifd
+        SELECT DISTINCT m.sample_id, m.scope_dataset, m.miwv, i.ifd
         FROM score_current m JOIN ifd_scores i ON i.sample_id = m.sample_id AND i.scorer_id = m.scorer_id
+             JOIN membership d ON d.sample_id = m.sample_id
         WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok' AND i.status = 'ok'
+          AND {scope}
     ),
     ranked AS (
         SELECT row_number() OVER (ORDER BY miwv DESC, sample_id) AS rank_miwv,
@@ -115,14 +144,18 @@ AGREEMENT_SQL = """
            round(top_overlap / top_k, 4) AS top_overlap_share
     FROM ranked, top GROUP BY top_k
 """
+AGREEMENT_SQL = scoped(_AGREEMENT_SQL, "catalog")
+AGREEMENT_ONE_SCOPE_SQL = scoped(_AGREEMENT_SQL, "one")
 
 
-def ifd_figures(conn: sa.Connection, scorer_id: int, embedder_id: int) -> dict | None:
+def ifd_figures(conn: sa.Connection, scorer_id: int, embedder_id: int, scope: str = "catalog") -> dict | None:
     """The IFD section's figures (see Report.ifd), or None when the scorer has no response losses."""
     params = {"scorer": scorer_id}
     if not db.execute(conn, HAS_IFD_SQL, params)[0][0]:
         return None
-    agreement = db.records(conn, AGREEMENT_SQL, {**params, "embedder": embedder_id, "percent": TOP_PERCENT})
+    agreement = db.records(
+        conn, scoped(_AGREEMENT_SQL, scope), {**params, "embedder": embedder_id, "percent": TOP_PERCENT}
+    )
     return {
         "summary": db.records(conn, IFD_SUMMARY_SQL, {**params, "all": ALL}),
         "agreement": agreement[0] if agreement else None,
@@ -143,38 +176,65 @@ def cascades(conn: sa.Connection, scorer_id: int) -> list[dict]:
     return [{**row, "cascade": json.loads(row["cascade"])} for row in rows]
 
 
-def write_report(catalog: Catalog, scorer_id: int, embedder_id: int, model: str, out_dir: str | Path) -> Report:
+def stability_figures(conn: sa.Connection, scorer_id: int, embedder_id: int, scope: str = "catalog") -> dict | None:
+    """The stability section (see Report.stability): over the catalog-wide lists, or per dataset over
+    each dataset's own; None when no list has two scored examples."""
+    if scope == "catalog":
+        scopes = [(ALL, "")]
+    else:
+        names = [row[0] for row in db.execute(conn, "SELECT DISTINCT dataset FROM membership ORDER BY 1")]
+        scopes = [(name, name) for name in names]
+    rows = []
+    for name, scope_dataset in scopes:
+        figures = stability_in(conn, scorer_id, embedder_id, scope_dataset, TOP_PERCENT)
+        if figures is not None:
+            rows.append({"dataset": name, **figures.as_dict()})
+    return {"scope": scope, "rows": rows} if rows else None
+
+
+# Each scored (sample, dataset) for the plots: catalog-wide, a sample once, in its first dataset.
+POINTS_SQL = """
+    SELECT d.dataset, m.miwv, m.zero_shot_loss, m.one_shot_loss
+    FROM score_current m JOIN membership d USING (sample_id) JOIN samples s USING (sample_id)
+    WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok' AND {scope}
+      AND ($dataset_scope OR d.dataset = s.datasets[1])
+    ORDER BY m.sample_id, d.dataset
+"""
+
+
+def write_report(
+    catalog: Catalog, scorer_id: int, embedder_id: int, model: str, out_dir: str | Path, scope: str = "catalog"
+) -> Report:
     """Write summary.md, miwv_histogram.png and losses.png to the folder `out_dir`: a new one, or one
     a report or export wrote (it is replaced whole), never inside the catalog. The files are written
-    to a staging folder beside it first, so a failure leaves `out_dir` as it was."""
+    to a staging folder beside it first, so a failure leaves `out_dir` as it was.
+
+    `scope`: "catalog" reads the scores with catalog-wide examples; "dataset" reads, for each dataset,
+    the scores whose examples came from that dataset."""
+    if scope not in SCOPES:
+        raise ArgumentError(f"{{0}} must be one of {', '.join(SCOPES)}", "scope", detail=f"got {scope!r}")
     out = check_out(catalog, out_dir)
     params = {"scorer": scorer_id, "embedder": embedder_id}
     with catalog.read() as conn:
-        summary = db.records(conn, SUMMARY_SQL, {**params, "all": ALL})
+        summary = db.records(conn, scoped(_SUMMARY_SQL, scope), {**params, "all": ALL})
         template, revision = db.execute(
             conn, "SELECT template, template_revision FROM scorer WHERE scorer_id = $scorer", {"scorer": scorer_id}
         )[0]
-        points = db.records(
-            conn,
-            """
-            SELECT s.datasets[1] AS dataset, m.miwv, m.zero_shot_loss, m.one_shot_loss
-            FROM miwv_scores m JOIN samples s USING (sample_id)
-            WHERE m.scorer_id = $scorer AND m.embedder_id = $embedder AND m.status = 'ok'""",
-            params,
-        )
-        ifd = ifd_figures(conn, scorer_id, embedder_id)
+        points = db.records(conn, scoped(POINTS_SQL, scope), {**params, "dataset_scope": scope == "dataset"})
+        ifd = ifd_figures(conn, scorer_id, embedder_id, scope)
         screened = cascades(conn, scorer_id)
+        stable = stability_figures(conn, scorer_id, embedder_id, scope)
     scorer = f"scorer {scorer_id}: template {template} (revision {revision})"
     with staged(out) as stage:
         stage.path.mkdir()
         (stage.path / MARKER).write_text("written by miwv-catalog `report --out`; it may replace this folder\n")
-        written = [_markdown(summary, model, scorer, stage.path / "summary.md", ifd, screened)]
+        written = [_markdown(summary, model, scorer, stage.path / "summary.md", ifd, screened, stable)]
         if points:
             written += [
                 _histogram(points, model, stage.path / "miwv_histogram.png"),
                 _losses(points, model, stage.path / "losses.png"),
             ]
-    return Report(summary, [out / path.name for path in written], scorer, ifd, screened)
+    return Report(summary, [out / path.name for path in written], scorer, ifd, screened, stable)
 
 
 def check_out(catalog: Catalog, out_dir: str | Path) -> Path:
@@ -187,7 +247,13 @@ def check_out(catalog: Catalog, out_dir: str | Path) -> Path:
 
 
 def _markdown(
-    summary: list[dict], model: str, scorer: str, path: Path, ifd: dict | None = None, screened: list | None = None
+    summary: list[dict],
+    model: str,
+    scorer: str,
+    path: Path,
+    ifd: dict | None = None,
+    screened: list | None = None,
+    stable: dict | None = None,
 ) -> Path:
     lines = [
         f"# MIWV of {model}",
@@ -204,6 +270,8 @@ def _markdown(
         lines += ["", *_ifd_markdown(ifd)]
     if screened:
         lines += ["", "## Screening", "", *map(screen_line, screened)]
+    if stable is not None:
+        lines += ["", *_stability_markdown(stable)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -238,6 +306,28 @@ def _ifd_markdown(ifd: dict) -> list[str]:
         f"IFD's top {agreement['top_k']} (share {agreement['top_overlap_share']}; two unrelated scores would share "
         f"about {agreement['top_percent']}%).",
     ]
+
+
+STABILITY_COLUMNS = ["dataset", "samples", "examples", "rank_correlation", "top_share", "loss_correlation", "spread"]
+
+
+def _stability_markdown(stable: dict) -> list[str]:
+    lines = [
+        "## Stability: MIWV with the 2nd nearest example instead of the 1st",
+        "",
+        "samples: scored with both examples; examples: the most per sample; rank_correlation: Spearman of",
+        f"MIWV@1 and MIWV@2; top_share: the share of the top {TOP_PERCENT}% by MIWV@1 still in the top {TOP_PERCENT}%",
+        "by MIWV@2; loss_correlation: Pearson of L_one and L_zero (1st example); spread: median over samples of",
+        "the range of their MIWV over their examples (nats/token).",
+        "",
+        *_table([{c: _rounded(row[c]) for c in STABILITY_COLUMNS} for row in stable["rows"]], STABILITY_COLUMNS),
+        "",
+    ]
+    return lines + [f"- {row['dataset']}: {row['meaning']}" for row in stable["rows"]]
+
+
+def _rounded(value):
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def _by_dataset(points: list[dict]) -> dict[str, list[dict]]:

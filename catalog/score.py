@@ -12,6 +12,7 @@ import pyarrow as pa
 from catalog import current_scores, db
 from catalog.datasets import require_dataset
 from catalog.errors import UserError
+from catalog.neighbours import CATALOG_WIDE, NO_NEIGHBOUR
 from catalog.store import Catalog
 
 Messages = tuple[tuple[str, str], ...]  # (role, content); optional system, user/assistant turns, ends with assistant
@@ -216,7 +217,19 @@ def check_pool(catalog: Catalog, dataset: str | None) -> None:
         require_dataset(conn, dataset)
 
 
-NO_NEIGHBOUR = -1
+def example_join(rank: int) -> str:
+    """SQL: JOIN a pool sample `p` to its example `l` (sample_id, neighbour_id) under $embedder_id in
+    $scope: its neighbour link (rank 1), or the rank-th of its listed examples (`score --examples`)."""
+    if rank == 1:
+        return """JOIN neighbour_link l
+                   ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id AND l.scope_dataset = $scope"""
+    return """JOIN example_list l ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id
+                   AND l.scope_dataset = $scope AND l.rank = $rank"""
+
+
+def _example_params(embedder_id: int, scope_dataset: str, rank: int) -> dict:
+    return {"embedder_id": embedder_id, "scope": scope_dataset} | ({"rank": rank} if rank != 1 else {})
+
 
 # Which passes a pool sample `p` (linked by `l`) still needs, given its losses `z` and `o`.
 _NEEDS = """z.sample_id IS NULL AS need_zero,
@@ -250,9 +263,13 @@ def plan_pool(
     limit: int | None = None,
     metrics: tuple[str, ...] = DEFAULT_METRICS,
     pool_ids: np.ndarray | None = None,
+    *,
+    scope_dataset: str = CATALOG_WIDE,
+    rank: int = 1,
 ) -> PoolPlan:
     """The pool (the current samples, or one dataset's, or those of `pool_ids` among them; the first
-    `limit` by sample_id) and what it still needs for `metrics`.
+    `limit` by sample_id) and what it still needs for `metrics`, with the examples of `scope_dataset`
+    (see example_join): the nearest (rank 1), or the rank-th of each sample's listed examples.
 
     A sample needs its zero-shot pass if it has no zero-shot row for the scorer; with "miwv", its
     one-shot pass if it has a neighbour and no one-shot row for that neighbour; with "ifd", its
@@ -264,21 +281,17 @@ def plan_pool(
     needs, losses = _needs_sql(metrics)
     if miwv:
         link = f"coalesce(l.neighbour_id, {NO_NEIGHBOUR}) AS neighbour_id, l.sample_id IS NOT NULL AS linked"
-        link_join = "LEFT JOIN neighbour_link l ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id"
+        link_join = "LEFT " + example_join(rank)
     else:
         link, link_join = f"CAST({NO_NEIGHBOUR} AS BIGINT) AS neighbour_id, true AS linked", ""
-    screen = "AND sample_id IN (SELECT sample_id FROM _pool)" if pool_ids is not None else ""
-    params = {"dataset": dataset, "scorer_id": scorer_id} | ({"embedder_id": embedder_id} if miwv else {})
+    params = {"dataset": dataset, "scorer_id": scorer_id}
+    params |= _example_params(embedder_id, scope_dataset, rank) if miwv else {}
     with catalog.read() as conn:
         with db.registered(conn, "_pool", db.id_table(pool_ids)) if pool_ids is not None else nullcontext():
             table = db.query_arrow(
                 conn,
                 f"""
-                WITH p AS (
-                    SELECT sample_id FROM sample
-                    WHERE sample_id IN (SELECT sample_id FROM membership WHERE $dataset IS NULL OR dataset = $dataset)
-                    {screen}
-                    ORDER BY sample_id {"LIMIT $limit" if limit is not None else ""})
+                WITH p AS ({_pool_sql(limit, pool_ids)})
                 SELECT p.sample_id, {link}, {needs}
                 FROM p {link_join}
                 {losses}
@@ -289,6 +302,8 @@ def plan_pool(
     need_zero = table["need_zero"].to_numpy(zero_copy_only=False)
     need_one = table["need_one"].to_numpy(zero_copy_only=False)
     need_response = table["need_response"].to_numpy(zero_copy_only=False) if ifd else None
+    if rank > 1:  # the zero-shot pass is the nearest example's phase (rank 1)
+        need_zero = np.zeros_like(need_zero)
     pending = (need_zero & (linked | ifd)) | need_one
     if ifd:
         pending |= need_response
@@ -303,16 +318,45 @@ def plan_pool(
     )
 
 
+def pool_members(
+    catalog: Catalog, dataset: str | None = None, limit: int | None = None, pool_ids: np.ndarray | None = None
+) -> np.ndarray:
+    """The sorted sample ids of the pool plan_pool plans (with the same arguments)."""
+    with catalog.read() as conn:
+        with db.registered(conn, "_pool", db.id_table(pool_ids)) if pool_ids is not None else nullcontext():
+            table = db.query_arrow(
+                conn, _pool_sql(limit, pool_ids), {"dataset": dataset} | ({"limit": limit} if limit is not None else {})
+            )
+    return table["sample_id"].to_numpy()
+
+
+def _pool_sql(limit: int | None, pool_ids: np.ndarray | None) -> str:
+    """SQL: the pool's sample ids, sorted: current members (of $dataset when not NULL), among the
+    registered `_pool` when `pool_ids` is given, the first $limit."""
+    screen = "AND sample_id IN (SELECT sample_id FROM _pool)" if pool_ids is not None else ""
+    return f"""SELECT sample_id FROM sample
+               WHERE sample_id IN (SELECT sample_id FROM membership WHERE $dataset IS NULL OR dataset = $dataset)
+               {screen}
+               ORDER BY sample_id {"LIMIT $limit" if limit is not None else ""}"""
+
+
 def pending_rows(
-    catalog: Catalog, scorer_id: int, embedder_id: int, ids: np.ndarray, metrics: tuple[str, ...] = DEFAULT_METRICS
+    catalog: Catalog,
+    scorer_id: int,
+    embedder_id: int,
+    ids: np.ndarray,
+    metrics: tuple[str, ...] = DEFAULT_METRICS,
+    *,
+    scope_dataset: str = CATALOG_WIDE,
+    rank: int = 1,
 ) -> list[PendingSample]:
-    """The pending samples among `ids` with their messages and their neighbour's (one unit of work)."""
+    """The pending samples among `ids` with their messages and their example's (one unit of work;
+    the example as in plan_pool)."""
     miwv, ifd = "miwv" in metrics, "ifd" in metrics
     needs, losses = _needs_sql(metrics)
     if miwv:
         # MIWV alone plans linked samples only; with IFD an unlinked sample still needs its IFD passes.
-        link_join = f"""{"LEFT " if ifd else ""}JOIN neighbour_link l
-                   ON l.sample_id = p.sample_id AND l.embedder_id = $embedder_id
+        link_join = f"""{"LEFT " if ifd else ""}{example_join(rank)}
             LEFT JOIN sample n ON n.sample_id = l.neighbour_id"""
         neighbour = """l.neighbour_id, n.messages AS neighbour_messages, n.instruction AS neighbour_instruction,
                    n.input AS neighbour_input"""
@@ -324,7 +368,7 @@ def pending_rows(
         pending = "z.sample_id IS NULL"
     if ifd:
         pending += " OR r.sample_id IS NULL"
-    params = {"scorer_id": scorer_id} | ({"embedder_id": embedder_id} if miwv else {})
+    params = {"scorer_id": scorer_id} | (_example_params(embedder_id, scope_dataset, rank) if miwv else {})
     with catalog.read() as conn, db.registered(conn, "_unit", db.id_table(ids)):
         table = db.query_arrow(
             conn,
@@ -343,7 +387,7 @@ def pending_rows(
             messages_of(row["messages"]),
             row["neighbour_id"],
             messages_of(row["neighbour_messages"]) if row["neighbour_messages"] else None,
-            row["need_zero"],
+            row["need_zero"] and rank == 1,
             row["need_one"],
             alpaca_fields_of(row["instruction"], row["input"]),
             alpaca_fields_of(row["neighbour_instruction"], row["neighbour_input"]),
@@ -373,6 +417,9 @@ def start_run(
     workers: int,
     metrics: tuple[str, ...] = DEFAULT_METRICS,
     run_pool: RunPool | None = None,
+    *,
+    scope_dataset: str = CATALOG_WIDE,
+    examples: int = 1,
 ) -> int:
     """Record the start of a score run on `workers` processes, what it computes (`metrics`) and, for a
     screened pool, the screen, the condition and the calibration sample (its samples as rows of
@@ -383,10 +430,12 @@ def start_run(
             conn,
             """INSERT INTO score_run (run_id, scorer_id, embedder_id, device, pool, samples, passes,
                                       tokens_run, started_at, workers, metrics, pool_selection_id, pool_where,
-                                      calibrate_percent, calibrate_seed)
+                                      calibrate_percent, calibrate_seed, scope_dataset, examples)
                VALUES ($run_id, $scorer_id, $embedder_id, $device, $pool, $samples, 0, 0, $now, $workers, $metrics,
-                       $selection_id, $where, $calibrate_percent, $calibrate_seed)""",
+                       $selection_id, $where, $calibrate_percent, $calibrate_seed, $scope, $examples)""",
             {
+                "scope": scope_dataset,
+                "examples": examples,
                 "run_id": run_id,
                 "scorer_id": scorer_id,
                 "embedder_id": embedder_id,

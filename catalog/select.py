@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from catalog import db
-from catalog.choices import STRATEGIES
+from catalog.choices import SCOPES, STRATEGIES, Strategy, sql_text
 from catalog.datasets import require_dataset
 from catalog.errors import ArgumentError, UserError
 from catalog.export import Exported, Stage, check_target, staged, write_samples
@@ -27,6 +27,9 @@ class Request:
 
     Exactly one of top_k / top_percent. K% is taken of the pool size (every pool sample,
     scored or not), rounded half up, at least 1. Ties go to the smaller sample_id.
+    Strategies with an example rank on the scores of one scope: "catalog" (examples from the whole
+    catalog) or "dataset" (each sample's example from `dataset`, which it then needs).
+    `min_similarity` drops samples whose (1st) example is less similar (cosine) than it.
     """
 
     strategy: str = "miwv"
@@ -37,6 +40,13 @@ class Request:
     seed: int = 0  # random strategy only
     scorer_id: int | None = None  # scored strategies: whose scores, with whose neighbours
     embedder_id: int | None = None
+    scope: str = "catalog"
+    min_similarity: float | None = None
+
+    @property
+    def scope_dataset(self) -> str:
+        """The scope as stored: '' catalog-wide, else the dataset's name."""
+        return self.dataset if self.scope == "dataset" and self.dataset is not None else ""
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,7 @@ def selection_sql(request: Request) -> str:
         )
     _check_numbers(request)
     strategy = STRATEGIES[request.strategy]
+    _check_scope(request, strategy)
     if strategy.view is None:
         ranked = "SELECT sample_id, NULL::DOUBLE AS score FROM pool"
         order = f"md5(sample_id::VARCHAR || ':{int(request.seed)}')"
@@ -66,7 +77,7 @@ def selection_sql(request: Request) -> str:
         ranked = (
             f"SELECT sample_id, m.{strategy.column} AS score\n"
             f"    FROM pool JOIN {strategy.view} m USING (sample_id)\n"
-            f"    WHERE {strategy.rows_of(request.scorer_id, request.embedder_id)} AND {strategy.ranked_when}"
+            f"    WHERE {_rows(request, strategy)} AND {_ranked_when(request, strategy)}"
         )
         order = f"score {strategy.direction}, sample_id"
     if request.top_k is not None:
@@ -100,6 +111,38 @@ def _check_numbers(request: Request) -> None:
         raise ArgumentError(
             f"{{0}} must be a whole number from {INT32[0]} to {INT32[1]}", "seed", detail=f"got {request.seed}"
         )
+
+
+def _check_scope(request: Request, strategy: Strategy) -> None:
+    """Refuse an unknown scope, a dataset scope without its dataset, and a similarity floor on a
+    strategy without an example, before any work."""
+    if request.scope not in SCOPES:
+        raise ArgumentError(f"{{0}} must be one of {', '.join(SCOPES)}", "scope", detail=f"got {request.scope!r}")
+    if request.scope == "dataset" and request.dataset is None:
+        raise ArgumentError("{0} 'dataset' ranks on examples from one dataset: give {1}", "scope", "dataset")
+    if request.min_similarity is None:
+        return
+    if not strategy.needs_embedder:
+        raise ArgumentError(
+            f"{{0}} applies to strategies that rank with an example, not {request.strategy}", "min_similarity"
+        )
+    value = request.min_similarity
+    if not (isinstance(value, int | float) and not isinstance(value, bool) and -1 <= value <= 1):
+        raise ArgumentError("{0} must be a cosine similarity from -1 to 1", "min_similarity", detail=f"got {value}")
+
+
+def _rows(request: Request, strategy: Strategy) -> str:
+    """SQL: the strategy's view rows `m` of the request's scorer, embedder and scope."""
+    return strategy.rows_of(request.scorer_id, request.embedder_id, request.scope_dataset)
+
+
+def _ranked_when(request: Request, strategy: Strategy) -> str:
+    """SQL: a row `m` the selection can rank: the strategy's rule, and the example similarity floor."""
+    return strategy.ranked_when + _similar_enough(request)
+
+
+def _similar_enough(request: Request) -> str:
+    return f" AND m.similarity >= {float(request.min_similarity)!r}" if request.min_similarity is not None else ""
 
 
 def select(
@@ -141,7 +184,15 @@ def select(
         exported = None
         if target is not None:
             exported = write_samples(
-                catalog, chosen_ids, target, stage.path, shape, with_scores, request.scorer_id, request.embedder_id
+                catalog,
+                chosen_ids,
+                target,
+                stage.path,
+                shape,
+                with_scores,
+                request.scorer_id,
+                request.embedder_id,
+                request.scope_dataset,
             )
         selection_id = _record(catalog, request, sql, chosen, pool_size, eligible, pool, cascade, exported, stage)
     selection = Selection(
@@ -157,7 +208,13 @@ def _cascade(conn, request: Request, pool_size: int) -> dict | None:
         return None
     percent = request.top_percent if request.top_percent is not None else 100 * request.top_k / pool_size
     return cascade_estimate(
-        conn, request.scorer_id, request.embedder_id, request.strategy, min(percent, 100.0), _pool(request)
+        conn,
+        request.scorer_id,
+        request.embedder_id,
+        request.strategy,
+        min(percent, 100.0),
+        _pool(request),
+        request.scope_dataset,
     )
 
 
@@ -263,7 +320,7 @@ def list_selections(catalog: Catalog) -> list[dict]:
 def _pool(request: Request) -> str:
     conditions = []
     if request.dataset is not None:
-        conditions.append("list_contains(datasets, '" + request.dataset.replace("'", "''") + "')")
+        conditions.append(f"list_contains(datasets, {sql_text(request.dataset)})")
     if request.where:
         try:
             conditions.append(f"({one_condition(request.where)})")
@@ -276,19 +333,20 @@ def _pool(request: Request) -> str:
 
 
 def _eligibility_sql(request: Request) -> str:
-    """Pool samples per reason: 'eligible', the strategy's `ineligible` reason, a status of its view,
-    or 'not scored' (none yet, or stale)."""
+    """Pool samples per reason: 'eligible', the strategy's `ineligible` reason, an example below
+    `min_similarity`, a status of its view, or its `unscored` reason (no row: none yet, or stale)."""
     strategy = STRATEGIES[request.strategy]
     if strategy.view is None:
         return f"WITH {_pool(request)}\nSELECT 'eligible', count(*) FROM pool"
-    rows = strategy.rows_of(request.scorer_id, request.embedder_id)
-    left_out = (
-        f"\n                    WHEN m.status = 'ok' AND m.{strategy.column} IS NOT NULL THEN '{strategy.ineligible}'"
-        if strategy.eligible
-        else ""
-    )
+    scored = f"m.status = 'ok' AND m.{strategy.column} IS NOT NULL"
+    left_out = ""
+    if strategy.eligible:
+        left_out += f"\n                    WHEN {scored} AND NOT ({strategy.eligible}) THEN '{strategy.ineligible}'"
+    if request.min_similarity is not None:
+        below = f"example similarity below {float(request.min_similarity):g}"
+        left_out += f"\n                    WHEN {scored} THEN {sql_text(below)}"
     return f"""WITH {_pool(request)}
-        SELECT CASE WHEN {strategy.ranked_when} AND m.{strategy.column} IS NOT NULL THEN 'eligible'{left_out}
-                    ELSE coalesce(m.status, 'not scored') END, count(*)
-        FROM pool LEFT JOIN {strategy.view} m ON m.sample_id = pool.sample_id AND {rows}
+        SELECT CASE WHEN {_ranked_when(request, strategy)} AND m.{strategy.column} IS NOT NULL THEN 'eligible'{left_out}
+                    ELSE coalesce(m.status, {sql_text(strategy.unscored)}) END, count(*)
+        FROM pool LEFT JOIN {strategy.view} m ON m.sample_id = pool.sample_id AND {_rows(request, strategy)}
         GROUP BY 1"""

@@ -21,7 +21,9 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
     """A JSON-able summary of the catalog."""
     tables = {e.embedder_id: e.vectors(catalog) for e in embedders(catalog)}
     with catalog.read() as conn:
-        embedded = {embedder_id: _current_vectors(conn, table.ids()) for embedder_id, table in tables.items()}
+        ids = {embedder_id: table.ids() for embedder_id, table in tables.items()}
+        linked = db.records(conn, EMBEDDERS_SQL)
+        embedded = [_current_vectors(conn, ids[row["embedder_id"]], row["scope"]) for row in linked]
         status = {
             "catalog": str(catalog.path.resolve()),
             "samples": db.execute(conn, "SELECT count(DISTINCT sample_id) FROM membership")[0][0],
@@ -32,11 +34,11 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
             "embedders": [
                 {
                     **row,
-                    "embedded": embedded[row["embedder_id"]],
-                    "not_linked": max(0, embedded[row["embedder_id"]] - row["linked"] - row["without_neighbour"]),
-                    "vectors_missing": max(0, row["linked"] + row["without_neighbour"] - embedded[row["embedder_id"]]),
+                    "embedded": vectors,
+                    "not_linked": max(0, vectors - row["linked"] - row["without_neighbour"]),
+                    "vectors_missing": max(0, row["linked"] + row["without_neighbour"] - vectors),
                 }
-                for row in db.records(conn, EMBEDDERS_SQL)
+                for row, vectors in zip(linked, embedded, strict=True)
             ],
             "scores": db.records(conn, SCORES_SQL),
         }
@@ -45,11 +47,18 @@ def catalog_status(catalog: Catalog) -> dict[str, Any]:
     return status
 
 
-def _current_vectors(conn, ids: np.ndarray) -> int:
-    """How many current samples have one of the vectors `ids` (a retired sample keeps its vector)."""
+def _current_vectors(conn, ids: np.ndarray, scope: str) -> int:
+    """How many current samples of `scope` ("catalog" or "dataset:NAME", as EMBEDDERS_SQL says) have one
+    of the vectors `ids` (a retired sample keeps its vector)."""
     vectors = db.id_table(np.unique(ids))
+    dataset = scope.removeprefix("dataset:") if scope != "catalog" else None
     with db.registered(conn, "_vectors", vectors):
-        return db.execute(conn, "SELECT count(*) FROM _vectors SEMI JOIN membership USING (sample_id)")[0][0]
+        return db.execute(
+            conn,
+            """SELECT count(*) FROM _vectors
+               WHERE sample_id IN (SELECT sample_id FROM membership WHERE $dataset IS NULL OR dataset = $dataset)""",
+            {"dataset": dataset},
+        )[0][0]
 
 
 def _advice(status: dict[str, Any], tables: dict, purges_pending: int) -> list[str]:
@@ -62,9 +71,11 @@ def _advice(status: dict[str, Any], tables: dict, purges_pending: int) -> list[s
                 f"{tables[row['embedder_id']].folder}: run `python cli.py embed` to compute them again"
             )
         if row["not_linked"]:
+            scoped = "" if row["scope"] == "catalog" else f" in {row['scope']}"
+            command = "embed" if row["scope"] == "catalog" else "neighbours --scope dataset"
             advice.append(
-                f"embedder {row['name']}: {row['not_linked']} samples have a vector but no neighbour link (new, "
-                "or their neighbour left the catalog): run `python cli.py embed` to link them, then `score`"
+                f"embedder {row['name']}: {row['not_linked']} samples have a vector but no neighbour link{scoped} "
+                f"(new, or their neighbour left): run `python cli.py {command}` to link them, then `score`"
             )
     if purges_pending:
         advice.append(
@@ -96,29 +107,40 @@ INGESTS_SQL = """
     FROM ingest_batch ORDER BY ingest_id
 """
 
-# Per embedder: linked samples; `embedded` and `not_linked` are added from its LanceDB table.
-EMBEDDERS_SQL = """
-    SELECT e.embedder_id, e.name, e.pooling, e.dimension,
-           count(l.neighbour_id) AS linked,
-           count(l.sample_id) - count(l.neighbour_id) AS without_neighbour,
-           (SELECT count(*) FROM neighbour_link c WHERE c.embedder_id = e.embedder_id
-              AND c.run_id = (SELECT max(run_id) FROM neighbour_run r WHERE r.embedder_id = e.embedder_id)
+# A stored scope_dataset `{s}` as status shows it: "catalog", or "dataset:NAME".
+_SCOPE = "CASE WHEN {s} = '' THEN 'catalog' ELSE 'dataset:' || {s} END"
+
+# Per embedder and scope it has links in: linked samples; `embedded` and `not_linked` are added from its
+# LanceDB table (for the catalog scope).
+EMBEDDERS_SQL = f"""
+    WITH linked AS (
+        SELECT e.embedder_id, e.name, e.pooling, e.dimension, coalesce(l.scope_dataset, '') AS scope_dataset,
+               count(l.neighbour_id) AS linked, count(l.sample_id) - count(l.neighbour_id) AS without_neighbour
+        FROM embedder e LEFT JOIN neighbour_link l USING (embedder_id)
+        GROUP BY ALL)
+    SELECT k.embedder_id, k.name, k.pooling, k.dimension, {_SCOPE.format(s="k.scope_dataset")} AS scope,
+           k.linked, k.without_neighbour,
+           (SELECT count(*) FROM neighbour_link c
+            WHERE c.embedder_id = k.embedder_id AND c.scope_dataset = k.scope_dataset
+              AND c.run_id = (SELECT max(run_id) FROM neighbour_run r
+                              WHERE r.embedder_id = k.embedder_id AND r.scope_dataset = k.scope_dataset)
            ) AS changed_in_last_run
-    FROM embedder e LEFT JOIN neighbour_link l USING (embedder_id)
-    GROUP BY ALL ORDER BY e.embedder_id
+    FROM linked k ORDER BY k.embedder_id, k.scope_dataset
 """
 
-# Per scorer and embedder it ran with, over linked samples: MIWV defined (scored), never will be
+# Per scorer, embedder and scope it ran with, over linked samples: MIWV defined (scored), never will be
 # (unscorable: too long, no neighbour), one-shot only for an earlier neighbour (stale: the
 # neighbour changed since), or not scored yet. A sample with a score_current row is scored or
 # unscorable by its status; only the others (few, once a pool is scored) are looked up in the losses.
-SCORES_SQL = """
-    WITH pairs AS (SELECT DISTINCT scorer_id, embedder_id FROM score_run),
+SCORES_SQL = f"""
+    WITH pairs AS (SELECT DISTINCT scorer_id, embedder_id, coalesce(scope_dataset, '') AS scope_dataset
+                   FROM score_run),
          current AS (
-            SELECT scorer_id, embedder_id, CASE WHEN status = 'ok' THEN 'scored' ELSE 'unscorable' END AS state
-            FROM score_current SEMI JOIN pairs USING (scorer_id, embedder_id)),
+            SELECT scorer_id, embedder_id, scope_dataset,
+                   CASE WHEN status = 'ok' THEN 'scored' ELSE 'unscorable' END AS state
+            FROM score_current SEMI JOIN pairs USING (scorer_id, embedder_id, scope_dataset)),
          rest AS (
-            SELECT p.scorer_id, p.embedder_id,
+            SELECT p.scorer_id, p.embedder_id, p.scope_dataset,
                    CASE WHEN z.status <> 'ok' OR o.status <> 'ok' OR (z.status = 'ok' AND l.neighbour_id IS NULL)
                              THEN 'unscorable'
                         WHEN o.status = 'ok' THEN 'scored'
@@ -126,19 +148,21 @@ SCORES_SQL = """
                                      WHERE a.sample_id = l.sample_id AND a.scorer_id = p.scorer_id) THEN 'stale'
                         ELSE 'unscored' END AS state
             FROM pairs p
-            JOIN neighbour_link l ON l.embedder_id = p.embedder_id
+            JOIN neighbour_link l ON l.embedder_id = p.embedder_id AND l.scope_dataset = p.scope_dataset
             ANTI JOIN score_current c
                    ON c.sample_id = l.sample_id AND c.scorer_id = p.scorer_id AND c.embedder_id = p.embedder_id
+                  AND c.scope_dataset = p.scope_dataset
             LEFT JOIN zero_shot_loss z ON z.sample_id = l.sample_id AND z.scorer_id = p.scorer_id
             LEFT JOIN one_shot_loss o
                    ON o.sample_id = l.sample_id AND o.scorer_id = p.scorer_id AND o.neighbour_id = l.neighbour_id),
          states AS (SELECT * FROM current UNION ALL SELECT * FROM rest)
     SELECT s.scorer_id, sc.model, sc.template, sc.template_revision, sc.max_length, e.name AS embedder,
+           {_SCOPE.format(s="s.scope_dataset")} AS scope,
            count(*) FILTER (WHERE state = 'scored') AS scored,
            count(*) FILTER (WHERE state = 'unscorable') AS unscorable,
            count(*) FILTER (WHERE state = 'stale') AS stale,
            count(*) FILTER (WHERE state = 'unscored') AS unscored,
            (SELECT max(finished_at) FROM score_run r WHERE r.scorer_id = s.scorer_id) AS last_run
     FROM states s JOIN scorer sc USING (scorer_id) JOIN embedder e USING (embedder_id)
-    GROUP BY ALL ORDER BY s.scorer_id, e.name
+    GROUP BY ALL ORDER BY s.scorer_id, e.name, scope
 """

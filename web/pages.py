@@ -16,15 +16,16 @@ from starlette.responses import RedirectResponse, Response
 
 from catalog import Catalog, UserError
 from catalog import explore as ex
+from catalog.examples import stability_in
 from catalog.score import alpaca_fields_of, messages_of
 from web import charts, tokens
-from web.render import download, model_url, page, wants_download
+from web.render import download, key_query, model_url, page, wants_download
 
 PAGE_SIZE = 50  # samples per page unless ?per_page= (1 to MAX_PAGE_SIZE) says otherwise
 MAX_PAGE_SIZE = 500
 DIFF_ROWS = 200  # rows per side shown on a selection diff (downloads hold them all)
 DOWNLOAD_PARAMS = ("download", "format")
-SAMPLE_PARAMS = ("scorer", "embedder", "sort", "order", "dataset", "status", "q", "where", "after", "before")
+SAMPLE_PARAMS = ("scorer", "embedder", "scope", "sort", "order", "dataset", "status", "q", "where", "after", "before")
 RANGE_PARAMS = tuple(f"{name}_{bound}" for name in ex.RANGES for bound in ("min", "max"))
 
 
@@ -47,19 +48,23 @@ def overview(request: Request) -> Response:
     return _tables_or_page(request, tables, "overview.html", counts=counts, catalog=str(catalog.path.resolve()))
 
 
-@takes("scorer", "embedder")
+@takes("scorer", "embedder", "scope")
 def model(request: Request) -> Response:
     name = request.path_params["model"]
     with _read(request) as conn:
         key = _key(request, conn, name)
         keys = [k for k in ex.score_keys(conn) if k.model == name]
         tables = ex.model_tables(conn, key)
+        scopes = ex.scopes(conn, key)
+        stability = stability_in(conn, key.scorer_id, key.embedder_id, key.scope_dataset, ex.TOP_PERCENT)
     return _tables_or_page(
         request,
         tables,
         "model.html",
         key=key,
-        keys=keys,
+        keys=[k for k in keys if (k.scorer_id, k.embedder_id) != (key.scorer_id, key.embedder_id)],
+        scopes=scopes,
+        stability=stability,
         histogram=charts.histogram(tables["histogram"].rows),
         scatter=charts.scatter(tables["points"].rows),
         subset=len(tables["points"].rows) >= ex.SCATTER_POINTS,
@@ -73,6 +78,7 @@ def samples(request: Request) -> Response:
     error, result, table, asked, page_size = None, None, None, None, PAGE_SIZE
     with _read(request) as conn:
         key = _key(request, conn, name)
+        scopes = ex.scopes(conn, key)
         datasets = ex.dataset_names(conn)
         shown = _shown_scores(ex.has_ifd(conn, key.scorer_id))
         try:
@@ -93,6 +99,7 @@ def samples(request: Request) -> Response:
         "samples.html",
         status_code=400 if error else 200,
         key=key,
+        scopes=scopes,
         datasets=datasets,
         statuses=ex.STATUSES,
         sorts=[name for name in ex.SORTS if name in shown],
@@ -120,17 +127,26 @@ def sample(request: Request) -> Response:
     row = tables["sample"].rows[0]
     if state == "retired":
         return page(request, "sample.html", sample=row, tables=tables, retired=True, neighbours=[], inputs=[])
-    examples = {n["embedder_id"]: n for n in tables["neighbours"].rows}
-    inputs = [(score, _inputs(row, score, examples.get(score["embedder_id"]))) for score in tables["scores"].rows]
+    scores = tables["scores"].rows
+    examples = {_example_key(n): n for n in tables["neighbours"].rows}
+    inputs = [(score, _inputs(row, score, examples.get(_example_key(score)))) for score in scores]
+    neighbours = [
+        {**n, "scores": [s for s in scores if _example_key(s) == _example_key(n)]} for n in tables["neighbours"].rows
+    ]
     return page(
         request,
         "sample.html",
         sample=row,
         tables=tables,
         retired=False,
-        neighbours=tables["neighbours"].rows,
+        neighbours=neighbours,
         inputs=inputs,
     )
+
+
+def _example_key(row: dict) -> tuple[int, str | None]:
+    """Which example a neighbour or score row is about: its embedder and scope (its dataset, None catalog-wide)."""
+    return row["embedder_id"], row["scope_dataset"]
 
 
 @takes("a", "b")
@@ -154,7 +170,7 @@ def selection_diff(request: Request) -> Response:
     return _tables_or_page(request, tables, "selection_diff.html", a=chosen[a], b=chosen[b], shown=DIFF_ROWS)
 
 
-@takes("a", "b", "top", "a_score", "b_score", "top_percent")
+@takes("a", "b", "a_scope", "b_scope", "top", "a_score", "b_score", "top_percent")
 def compare(request: Request) -> Response:
     with _read(request) as conn:
         keys = ex.score_keys(conn)
@@ -165,9 +181,17 @@ def compare(request: Request) -> Response:
         if top_percent is None:
             top_percent = ex.TOP_PERCENT
         context = {"keys": keys, "with_ifd": with_ifd, "scores": scores, "top_percent": top_percent}
-        if a_id is None or b_id is None:
-            return page(request, "compare.html", a=None, b=None, tables=None, top=None, curve=None, **context)
-        a, b = (ex.find_scores(conn, None, scorer_id) for scorer_id in (a_id, b_id))
+        if a_id is None or b_id is None:  # the form alone, with A the second newest scores and B the newest
+            defaults = {"a": keys[1] if len(keys) > 1 else keys[0], "b": keys[0]} if keys else {}
+            scopes = {side: ex.scopes(conn, key) for side, key in defaults.items()}
+            return page(
+                request, "compare.html", tables=None, top=None, curve=None, scopes=scopes, **defaults, **context
+            )
+        a, b = (
+            ex.in_scope(conn, ex.find_scores(conn, None, scorer_id), _text(request, f"{side}_scope"))
+            for side, scorer_id in (("a", a_id), ("b", b_id))
+        )
+        context["scopes"] = {"a": ex.scopes(conn, a), "b": ex.scopes(conn, b)}
         top = _int(request, "top")
         if top is not None and top < 1:
             raise UserError("top must be at least 1")
@@ -196,11 +220,17 @@ def _read(request: Request) -> AbstractContextManager[sa.Connection]:
 
 
 def _key(request: Request, conn: sa.Connection, model: str) -> ex.ScoreKey:
-    """The scores a page of `model` shows: ?scorer= and ?embedder=, else the default scorer."""
+    """The scores a page of `model` shows: ?scorer= and ?embedder=, else the default scorer; in ?scope=
+    (`catalog` or `dataset:NAME`), else catalog-wide where it has such scores."""
     scorer = _int(request, "scorer")
     if scorer is None:
         scorer = ex.default_scorer(_catalog(request), model)
-    return ex.find_scores(conn, model, scorer, _int(request, "embedder"))
+    key = ex.find_scores(conn, model, scorer, _int(request, "embedder"))
+    return ex.in_scope(conn, key, _text(request, "scope"))
+
+
+def _text(request: Request, name: str) -> str | None:
+    return request.query_params.get(name, "").strip() or None
 
 
 def _tables_or_page(request: Request, tables: dict[str, ex.Table], template: str, **context) -> Response:
@@ -249,25 +279,20 @@ def _float(request: Request, name: str) -> float | None:
 
 
 def _sample_query(request: Request) -> ex.SampleQuery:
-    params = request.query_params
-
-    def text(name: str) -> str | None:
-        return params.get(name, "").strip() or None
-
     ranges = {name: (_float(request, f"{name}_min"), _float(request, f"{name}_max")) for name in ex.RANGES}
-    after, before = text("after"), text("before")
+    after, before = _text(request, "after"), _text(request, "before")
     per_page = _int(request, "per_page")
     if per_page is None:
         per_page = PAGE_SIZE
     elif not 1 <= per_page <= MAX_PAGE_SIZE:
         raise UserError(f"per_page must be between 1 and {MAX_PAGE_SIZE}, not {per_page}")
     return ex.SampleQuery(
-        sort=text("sort") or "miwv",
-        descending=params.get("order", "desc") != "asc",
-        dataset=text("dataset"),
-        status=text("status"),
-        search=text("q"),
-        where=text("where"),
+        sort=_text(request, "sort") or "miwv",
+        descending=request.query_params.get("order", "desc") != "asc",
+        dataset=_text(request, "dataset"),
+        status=_text(request, "status"),
+        search=_text(request, "q"),
+        where=_text(request, "where"),
         ranges={k: v for k, v in ranges.items() if v != (None, None)},
         after=ex.Cursor.parse(after) if after else None,
         before=ex.Cursor.parse(before) if before else None,
@@ -288,7 +313,7 @@ def _shown_scores(has_ifd: bool) -> set[str]:
 
 
 def _samples_url(key: ex.ScoreKey) -> str:
-    return model_url(key.model, f"/samples?scorer={key.scorer_id}&embedder={key.embedder_id}")
+    return model_url(key.model, "/samples?" + key_query(key))
 
 
 def _inputs(row: dict, score: dict, example: dict | None) -> tokens.Inputs | str:

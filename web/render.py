@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from catalog.errors import UserError
-from catalog.explore import Table
+from catalog.explore import ScoreKey, Table, scope_name
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 FORMATS = {"csv": "text/csv; charset=utf-8", "jsonl": "application/x-ndjson; charset=utf-8"}
@@ -43,6 +43,12 @@ def model_url(model: str, suffix: str = "") -> str:
     return f"/models/{quote(model, safe='')}{suffix}"
 
 
+def key_query(key: ScoreKey) -> str:
+    """The query naming `key`'s scores: scorer and embedder, and its scope unless catalog-wide (the default)."""
+    params = {"scorer": key.scorer_id, "embedder": key.embedder_id}
+    return urlencode(params | ({"scope": key.scope} if key.scope_dataset else {}))
+
+
 def cell(value: Any) -> str:
     """A table cell's text: lists joined, JSON for structures, numbers formatted."""
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -62,7 +68,7 @@ def download_url(request: Request, name: str, fmt: str) -> str:
 
 _env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=True, undefined=StrictUndefined)
 _env.filters.update(number=number, cell=cell)
-_env.globals.update(model_url=model_url, download_url=download_url)
+_env.globals.update(model_url=model_url, download_url=download_url, key_query=key_query, scope_name=scope_name)
 
 
 def page(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:

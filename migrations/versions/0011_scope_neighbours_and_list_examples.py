@@ -6,8 +6,8 @@
   two datasets has one link per dataset scope. The tables are rebuilt (DuckDB cannot change a
   primary key); every existing row is catalog-wide.
 - neighbour_run: the scope it linked ('' catalog-wide).
-- score_run: the scope its one-shot passes used ('catalog' | 'dataset'; NULL before: catalog) and
-  how many nearest examples per sample (`examples`; NULL before: 1).
+- score_run: the scope its one-shot passes used (`scope_dataset`, as in the links; NULL before:
+  catalog-wide) and how many nearest examples per sample (`examples`; NULL before: 1).
 - example_list: a sample's K nearest examples in a scope, rank 1 first, as `score --examples K`
   found them; with the one-shot losses (keyed per sample and example) they give MIWV@k.
 - embedder.text_prefix: what the embedder puts before each text (E5's "query: "); NULL: nothing.
@@ -83,7 +83,7 @@ def upgrade() -> None:
     op.drop_table("score_current_0010")
 
     op.add_column("neighbour_run", sa.Column("scope_dataset", sa.String, nullable=False, server_default=""))
-    op.add_column("score_run", sa.Column("scope", sa.String))  # catalog | dataset; NULL before 0011: catalog
+    op.add_column("score_run", sa.Column("scope_dataset", sa.String))  # NULL before 0011: catalog-wide ('')
     op.add_column("score_run", sa.Column("examples", sa.Integer))  # nearest examples per sample; NULL: 1
     op.add_column("embedder", sa.Column("text_prefix", sa.String))  # NULL: texts are embedded as they are
     op.create_table(
