@@ -49,7 +49,7 @@ demo: $(STAMP)
 	            FROM neighbours n JOIN samples s USING (sample_id) JOIN samples t ON t.sample_id = n.neighbour_id \
 	            USING SAMPLE 5 ROWS (reservoir, 42)"
 	@echo "--- MIWV with SmolLM2-135M on CPU, for a fixed pseudo-random sample of $(DEMO_SCORED) samples"
-	$(CLI) score --model smollm2-135m --limit $(DEMO_SCORED)
+	$(CLI) score --model smollm2-135m --limit $(DEMO_SCORED) --examples 2
 	$(CLI) sql "$$(cat examples/top_miwv.sql)"
 	$(CLI) status
 	@echo "--- the top 10% of the scored sample by MIWV, written for a trainer, and the distribution report"
