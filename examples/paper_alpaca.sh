@@ -25,6 +25,8 @@
 #   PERCENTS="1 5"   top K% by MIWV, one selection each; the ablations use the first
 #   OUT=paper_alpaca_out CATALOG=paper-catalog PYTHON=python
 #   SCORE_FLAGS=""   passed to `score` as they are, e.g. "--limit 1000" or "--workers 8"
+# TEMPLATE=alpaca is Stanford Alpaca's prompt, the paper's; to fine-tune with LLaMA-Factory's own
+#   `template: alpaca`, score with TEMPLATE=alpaca-lf so the scored prompt is the trained one.
 # The same script on this repository's bundled CPU models (what tests/test_paper_recipe.py runs):
 #   MODEL=smollm2-135m EMBEDDER=minilm DATA=small.jsonl PERCENTS="10 20" examples/paper_alpaca.sh
 # Rerunning it continues: ingest skips known rows, embed and score compute only what is missing,
@@ -62,7 +64,9 @@ select_into() {
 }
 
 echo "== ingest $DATA as dataset $DATASET into $CATALOG" >&2
-run "$PYTHON" "$CLI" ingest "$DATA" --catalog "$CATALOG" --dataset "$DATASET"
+split=()
+[[ "$DATA" == hf:* ]] && split=(--split train)  # a Hub dataset has splits; Alpaca's rows are all in train
+run "$PYTHON" "$CLI" ingest "$DATA" --catalog "$CATALOG" --dataset "$DATASET" "${split[@]}"
 
 echo "== embed with $EMBEDDER; link each sample to its nearest other sample of its dataset" >&2
 run "$PYTHON" "$CLI" embed --catalog "$CATALOG" --embedder "$EMBEDDER" --scope dataset

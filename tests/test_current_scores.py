@@ -103,7 +103,8 @@ def assert_current(catalog_dir) -> list[tuple]:
         assert db.execute(conn, "SELECT * EXCLUDE (scope, scope_dataset) FROM miwv_scores ORDER BY ALL") == oracle
         table = db.execute(conn, f"SELECT {CURRENT_COLUMNS} FROM score_current ORDER BY ALL")
         assert table == db.execute(conn, f"SELECT {CURRENT_COLUMNS} FROM ({OLD_VIEW_SQL}) ORDER BY ALL")
-        assert db.execute(conn, SCORES_SQL) == db.execute(conn, OLD_SCORES_SQL)
+        catalog_wide = f"SELECT * EXCLUDE (scope) FROM ({SCORES_SQL}) WHERE scope = 'catalog' ORDER BY ALL"
+        assert db.execute(conn, catalog_wide) == db.execute(conn, f"SELECT * FROM ({OLD_SCORES_SQL}) ORDER BY ALL")
         for scorer, embedder in db.execute(conn, "SELECT DISTINCT scorer_id, embedder_id FROM score_run"):
             params = {"scorer": scorer, "embedder": embedder, "all": ALL}
             summary, old_summary = (db.execute(conn, inline(sql, params)) for sql in (SUMMARY_SQL, OLD_SUMMARY_SQL))

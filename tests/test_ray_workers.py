@@ -78,6 +78,35 @@ def test_two_workers_store_the_in_process_losses(tmp_path, cli_run, catalog_dir,
     assert all(s[1] and s[2] == "cpu" and s[3] > 0 for s in shares) and sum(s[3] for s in shares) == tokens
 
 
+def test_workers_score_a_dataset_scope_with_two_examples_as_in_process(tmp_path, cli_run, catalog_dir, local_ray):
+    """Units follow the scoped neighbour graph and each further example's round: the same MIWV@1 and
+    MIWV@2 rows as in-process."""
+    records = fixture_records()
+    assert cli_run("ingest", write_jsonl(tmp_path / "a.jsonl", records[3::12]), "--dataset", "a").exit_code == 0
+    both = records[3::24] + records[5::24]  # half of them also in 'a'
+    assert cli_run("ingest", write_jsonl(tmp_path / "b.jsonl", both), "--dataset", "b").exit_code == 0
+    assert cli_run("embed", "--scope", "dataset").exit_code == 0
+    alone = tmp_path / "alone"
+    shutil.copytree(catalog_dir, alone)
+    scoring = ("score", "--model", "smollm2-135m", "--dataset", "b", "--scope", "dataset", "--examples", "2")
+    assert run_in(alone, *scoring).exit_code == 0
+    result = cli_run(*scoring, "--workers", "2")
+    assert result.exit_code == 0, result.output
+
+    def per_example(path) -> dict[tuple, tuple]:
+        with Catalog(path).read() as conn:
+            rows = db.execute(
+                conn, "SELECT sample_id, rank, neighbour_id, zero_shot_loss, one_shot_loss FROM miwv_examples"
+            )
+        return {(r[0], r[1]): r[2:] for r in rows}
+
+    spread, here = per_example(catalog_dir), per_example(alone)
+    assert spread.keys() == here.keys() and {rank for _, rank in here} == {1, 2}
+    for key, (neighbour, zero, one) in here.items():
+        assert spread[key][0] == neighbour
+        assert abs(spread[key][1] - zero) < 1e-4 and abs(spread[key][2] - one) < 1e-4
+
+
 def worker_processes(method: str) -> list[psutil.Process]:
     found = []
     for process in psutil.process_iter(["cmdline"]):
