@@ -178,7 +178,8 @@ def test_unknown_embedder_is_one_clear_error(tmp_path, cli_run):
     cli_run("ingest", write_jsonl(tmp_path / "rows.jsonl", fixture_records()[:3]))
     result = cli_run("embed", "--embedder", str(tmp_path / "no-model"))
     assert result.exit_code == 1
-    assert "neither an alias (minilm) nor a local model folder" in result.output
+    assert "is neither an alias (minilm, bge-large" in result.output
+    assert "a Hugging Face id like Org/Name" in result.output
     assert "Traceback" not in result.output
 
 
