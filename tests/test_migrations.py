@@ -225,6 +225,27 @@ def seed_0011(conn) -> None:
     )
 
 
+def seed_0012(conn) -> None:
+    """Two training runs on selection 1 (one finished), their loss curves, a Vicuna prompt, both
+    runs' greedy answers to it, a reference loss and a judgement in each order."""
+    db.execute(
+        conn,
+        """INSERT INTO train_run VALUES
+             (1, 1, 'smollm2-135m', 'beef', 'alpaca', 'f00', 'lora', '{"epochs": 1}', 0, 'cpu', 5, 'runs/1', 'cafe',
+              '2026-11-12 10:00:00', '2026-11-12 10:05:00'),
+             (2, 1, 'smollm2-135m', 'beef', 'alpaca', 'f00', 'lora', '{"epochs": 1}', 1, 'cpu', 5, 'runs/2', NULL,
+              '2026-11-12 11:00:00', NULL);
+           INSERT INTO train_loss VALUES (1, 1, 0.5, 2.5, 0.0002), (1, 2, 1.0, 2.1, 0.0001);
+           INSERT INTO test_prompt VALUES (7, 'vicuna', 0, 'Write a haiku.', NULL, 'vicuna_80.jsonl');
+           INSERT INTO generation VALUES (1, 7, '{"greedy": true}', 'Leaves fall.', 3, '2026-11-12 12:00:00'),
+                                         (2, 7, '{"greedy": true}', 'Snow.', 2, '2026-11-12 12:00:00');
+           INSERT INTO reference_loss VALUES (1, 7, 1.5, 10, '2026-11-12 12:00:00');
+           INSERT INTO judgement VALUES
+             (1, 2, 7, true, 'local:judge', '{"greedy": true}', 'abc', 'a', '[[A]]', '2026-11-12 12:01:00'),
+             (1, 2, 7, false, 'local:judge', '{"greedy": true}', 'abc', 'tie', '[[C]]', '2026-11-12 12:02:00')""",
+    )
+
+
 SEEDS = {
     "0001": seed_0001,
     "0002": seed_0002,
@@ -237,6 +258,7 @@ SEEDS = {
     "0009": seed_0009,
     "0010": seed_0010,
     "0011": seed_0011,
+    "0012": seed_0012,
 }
 
 
