@@ -527,6 +527,46 @@ def score(
 
 
 @cli.command()
+@click.option("--selection", type=int, required=True, help="The recorded selection to train on (see `selections`).")
+@click.option("--model", required=True, help="The base model: an alias, a Hugging Face id, a local folder or a .gguf.")
+@click.option(
+    "--template",
+    metavar="|".join(TEMPLATES) + "|FILE.jinja",
+    help="The prompt format the selection was scored with (default: chat when the tokenizer has one, else alpaca).",
+)
+@click.option("--full", is_flag=True, help="Fine-tune every weight (default: a LoRA adapter).")
+@click.option("--epochs", type=float, default=3.0, show_default=True)
+@click.option("--lr", type=float, default=2e-5, show_default=True, help="Peak learning rate (cosine schedule).")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Sequences per device per micro-batch.")
+@click.option(
+    "--gradient-accumulation",
+    type=int,
+    default=32,
+    show_default=True,
+    help="Micro-batches per optimizer step (effective batch = batch size x this: 128, Stanford Alpaca's).",
+)
+@click.option("--max-length", type=int, help="Longest example; longer ones are left out (default: the scorer's).")
+@click.option("--max-steps", type=int, help="Stop after this many optimizer steps.")
+@click.option("--warmup-ratio", type=float, default=0.03, show_default=True)
+@click.option("--lora-r", type=int, default=8, show_default=True)
+@click.option("--lora-alpha", type=float, default=16.0, show_default=True)
+@click.option("--lora-dropout", type=float, default=0.05, show_default=True)
+@click.option("--lora-targets", default="all-linear", show_default=True, help="Or module names, comma-separated.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Model init, data order and dropout.")
+@click.option(
+    "--save-steps", type=int, default=10, show_default=True, help="A checkpoint every N steps (what a kill loses)."
+)
+@json_option
+@click.pass_obj
+def train(catalog: miwv.Catalog, selection: int, model: str, as_json: bool, **options: Any) -> None:
+    """Fine-tune MODEL on a recorded selection, on the prompts it was scored with. Interrupt and run
+    the same command again to resume from the last checkpoint; a finished identical run is reported."""
+    from terminal.render import print_trained
+
+    emit(catalog.train(selection, model, **options), as_json, print_trained)
+
+
+@cli.command()
 @json_option
 def models(as_json: bool) -> None:
     """List model and embedder aliases and whether their files are here."""
@@ -688,6 +728,71 @@ def report(
     from terminal.render import print_report
 
     emit(catalog.report(model, out, embedder=embedder, scorer_id=scorer_id, scope=scope), as_json, print_report)
+
+
+@cli.command()
+@click.option("--runs", help="Training run ids, comma-separated (see `experiments`).")
+@click.option("--testset", "testsets", multiple=True, help="vicuna, or a JSONL file of prompts; repeatable.")
+@click.option("--reference-loss", type=click.Path(dir_okay=False), help="JSONL of prompts with reference answers.")
+@click.option("--judge", help="local:MODEL (alias, folder or .gguf): judge every pair of runs in both orders.")
+@click.option("--base", help="Also evaluate this base model itself (a baseline run, recorded once).")
+@click.option("--template", help="The baseline's template (default: chat when the tokenizer has one).")
+@click.option("--max-new-tokens", type=int, default=256, show_default=True)
+@click.option("--sample", is_flag=True, help="Seeded sampling instead of greedy decoding.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="With --sample.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="With --sample.")
+@click.option("--seed", type=int, default=0, show_default=True, help="With --sample.")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Prompts per generation batch.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@json_option
+@click.pass_obj
+def evaluate(
+    catalog: miwv.Catalog,
+    runs: str | None,
+    testsets: tuple[str, ...],
+    reference_loss: str | None,
+    judge: str | None,
+    base: str | None,
+    template: str | None,
+    max_new_tokens: int,
+    sample: bool,
+    temperature: float,
+    top_p: float,
+    seed: int,
+    batch_size: int,
+    device: str,
+    as_json: bool,
+) -> None:
+    """Evaluate training runs: answer test prompts, score reference answers, judge every pair (see README)."""
+    from terminal.render import print_evaluated
+
+    result = catalog.evaluate(
+        runs,
+        testset=list(testsets) or None,
+        reference_loss=reference_loss,
+        judge=judge,
+        base=base,
+        template=template,
+        max_new_tokens=max_new_tokens,
+        sample=sample,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+    )
+    emit(result, as_json, print_evaluated)
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def experiments(catalog: miwv.Catalog, as_json: bool) -> None:
+    """Training runs x metrics: final loss, reference losses, winning scores; mean and spread over seeds."""
+    from terminal.render import print_experiments, print_json
+
+    rows = catalog.experiments()
+    print_json(rows) if as_json else print_experiments(rows)
 
 
 @cli.command()

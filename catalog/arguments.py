@@ -12,7 +12,7 @@ import inspect
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral, Real
 from typing import Any, NoReturn
 
@@ -112,6 +112,26 @@ def file_path(name: str, value: Any) -> str | os.PathLike:
     if not (isinstance(value, str) and value or isinstance(value, os.PathLike)):
         refuse(name, "a path (a non-empty str or an os.PathLike)", value)
     return value
+
+
+def run_ids(name: str, value: Any) -> list[int]:
+    """Training run ids: a list of whole numbers, or a string of them joined by commas ("3,4,5")."""
+    wanted = "run ids: a list of whole numbers or a string like '3,4'"
+    parts = value.split(",") if isinstance(value, str) else value
+    if isinstance(parts, str | bytes) or not isinstance(parts, Sequence) or not parts:
+        refuse(name, wanted, value)
+    try:
+        return [whole(1)(name, int(p) if isinstance(p, str) else p) for p in parts]
+    except ValueError:
+        refuse(name, wanted, value)
+
+
+def names_or_paths(name: str, value: Any) -> list[str]:
+    """One name or path, or a non-empty list of them."""
+    items = [value] if isinstance(value, str | os.PathLike) else value
+    if not isinstance(items, Sequence) or not items:
+        refuse(name, "a name or path, or a list of them", value)
+    return [name_or_path(name, item) for item in items]
 
 
 def name_or_path(name: str, value: Any) -> str:

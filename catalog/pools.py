@@ -84,10 +84,10 @@ def _screen(conn: sa.Connection, selection_id: int, dataset: str | None, current
         return screened
     where = f" in dataset {dataset!r}" if dataset is not None else ""
     problem = f"selection {selection_id} has no current member{where}" if known else f"no selection {selection_id}"
-    raise UserError(f"{problem}; {_listed(conn)}")
+    raise UserError(f"{problem}; {listed_selections(conn)}")
 
 
-def _listed(conn: sa.Connection) -> str:
+def listed_selections(conn: sa.Connection) -> str:
     """The newest recorded selections with their current members, for an error line."""
     rows = db.execute(
         conn,

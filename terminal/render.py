@@ -291,3 +291,35 @@ def print_report(result) -> None:
 
 def print_upgraded(result) -> None:
     _line(f"catalog {result.catalog} is at schema revision {result.revision}")
+
+
+def print_evaluated(result) -> None:
+    _line(
+        f"runs {', '.join(map(str, result.runs))}: {result.prompts} prompts ({result.new_prompts} new), "
+        f"{result.generated} answers generated ({result.settings}) in {result.seconds:.1f} s"
+    )
+    for run, loss in result.reference_losses.items():
+        _line(f"run {run}: mean reference loss {_plain(loss)} on {result.reference_file}")
+    if result.judge:
+        _line(f"judge {result.judge}: {result.asked} questions asked")
+        print_rows(result.pairs, title="pairwise winning score of run_a against run_b (both orders)")
+
+
+def print_experiments(rows: list[dict[str, Any]]) -> None:
+    flat = [{**{k: v for k, v in row.items() if k != "winning_score"}, **row["winning_score"]} for row in rows]
+    columns = list(dict.fromkeys(key for row in flat for key in row))  # runs differ in test sets and opponents
+    print_rows(flat, title="training runs", columns=columns)
+
+
+def print_trained(result) -> None:
+    if result.already_finished:
+        done = "already trained: run"
+    else:
+        done = "resumed and finished run" if result.resumed else "trained run"
+    loss = f"final loss {result.final_loss:.4f}" if result.final_loss is not None else "no loss logged"
+    left_out = f" ({result.too_long} too long, left out)" if result.too_long else ""
+    _line(
+        f"{done} {result.run_id}: {result.model} ({result.method}, {result.template} template, {result.device}) on "
+        f"selection {result.selection_id}, {result.samples} samples{left_out}, {result.steps} steps, {loss}, "
+        f"{result.seconds:.1f} s; {result.output_path}"
+    )

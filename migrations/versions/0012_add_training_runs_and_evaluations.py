@@ -5,6 +5,7 @@ losses and pairwise judgements, all rows like scores and selections (issue 19).
   template (the scoring prompt, byte for byte): method (lora | full), hyperparameters (JSON),
   seed, device, where its adapter or model folder is and that folder's fingerprint; finished_at
   NULL while it runs or after it stopped (`train` again resumes it from its last checkpoint).
+  A run of method 'base' is the base model itself, untrained (selection_id 0): the baseline.
 - train_loss: the loss curve, one row per logging step.
 - test_prompt: a prompt of a test set (Vicuna 80, a local file, ...), stored once, keyed by the
   hash of its text; `reference` is an answer when the set has one.
@@ -36,7 +37,7 @@ def upgrade() -> None:
         sa.Column("base_fingerprint", sa.String, nullable=False),
         sa.Column("template", sa.String, nullable=False),
         sa.Column("template_hash", sa.String, nullable=False),
-        sa.Column("method", sa.String, nullable=False),  # lora | full
+        sa.Column("method", sa.String, nullable=False),  # lora | full | base
         sa.Column("hyperparameters", sa.String, nullable=False),  # JSON
         sa.Column("seed", sa.Integer, nullable=False),
         sa.Column("device", sa.String, nullable=False),
