@@ -54,7 +54,9 @@ def build(catalog: Catalog, n: int) -> None:
         )
         db.execute(conn, "INSERT INTO membership SELECT sample_id, 'synth', 1, sample_id FROM sample")
         db.execute(conn, "INSERT INTO embedder VALUES (1, 'minilm', '/m', 384, 'mean', true, 256, 'f', now(), NULL)")
-        db.execute(conn, "INSERT INTO neighbour_run VALUES (1, 1, 'exact', 'full', $n, $n, $n, now(), now(), '')", {"n": n})
+        db.execute(
+            conn, "INSERT INTO neighbour_run VALUES (1, 1, 'exact', 'full', $n, $n, $n, now(), now(), '')", {"n": n}
+        )
         rng = np.random.default_rng(0)
         neighbours = rng.integers(1, n + 1, n)
         neighbours[neighbours == np.arange(1, n + 1)] = 1

@@ -59,7 +59,8 @@ def build(catalog: Catalog, work: Path) -> None:
         )
         db.execute(
             conn,
-            f"INSERT INTO neighbour_run VALUES (1, 1, 'exact', 'full', {SAMPLES}, {SAMPLES}, {SAMPLES}, $now, $now, '')",
+            f"INSERT INTO neighbour_run VALUES (1, 1, 'exact', 'full', {SAMPLES}, {SAMPLES}, {SAMPLES}, $now, $now,"
+            " '')",
             now,
         )
         db.execute(

@@ -78,7 +78,8 @@ def add_links_and_scores(store: Catalog, scorers: int = 1) -> None:
         )
         with db.registered(conn, "_links", links):
             db.execute(
-                conn, "INSERT INTO neighbour_link SELECT sample_id, 1, neighbour_id, similarity, 1, now(), '' FROM _links"
+                conn,
+                "INSERT INTO neighbour_link SELECT sample_id, 1, neighbour_id, similarity, 1, now(), '' FROM _links",
             )
             for scorer in range(1, scorers + 1):
                 db.execute(
@@ -94,7 +95,8 @@ def add_links_and_scores(store: Catalog, scorers: int = 1) -> None:
                                                          10 * loss * 0.{scorer}, 10, loss * 0.{scorer}, 200, {scorer},
                                                          now(), false FROM _links;
                         INSERT INTO score_current SELECT sample_id, {scorer}, 1, neighbour_id, similarity, loss,
-                                                         loss * 0.{scorer}, loss * 0.{scorer} - loss, 10, 'ok', false, ''
+                                                         loss * 0.{scorer}, loss * 0.{scorer} - loss, 10, 'ok', false,
+                                                         ''
                                                   FROM _links""",
                 )
     embedders(store)[0].vectors(store).add(ids, vectors)

@@ -210,7 +210,8 @@ def seed_0011(conn) -> None:
     scorer 1, and each sample's two nearest examples in that scope."""
     db.execute(
         conn,
-        """INSERT INTO neighbour_link SELECT sample_id, embedder_id, neighbour_id, similarity, run_id, computed_at, 'mix'
+        """INSERT INTO neighbour_link
+                        SELECT sample_id, embedder_id, neighbour_id, similarity, run_id, computed_at, 'mix'
                         FROM neighbour_link WHERE scope_dataset = ''""",
     )
     db.execute(
@@ -221,7 +222,8 @@ def seed_0011(conn) -> None:
     db.execute(
         conn,
         """INSERT INTO example_list SELECT sample_id, embedder_id, 'mix', r, neighbour_id, similarity / r, computed_at
-                        FROM neighbour_link, range(1, 3) t(r) WHERE scope_dataset = 'mix' AND neighbour_id IS NOT NULL""",
+                        FROM neighbour_link, range(1, 3) t(r)
+                        WHERE scope_dataset = 'mix' AND neighbour_id IS NOT NULL""",
     )
 
 

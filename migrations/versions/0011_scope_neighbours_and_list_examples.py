@@ -135,7 +135,8 @@ def upgrade() -> None:
         JOIN embedder e ON e.embedder_id = x.embedder_id
         JOIN zero_shot_loss z ON z.sample_id = x.sample_id
         JOIN scorer sc ON sc.scorer_id = z.scorer_id
-        JOIN one_shot_loss o ON o.sample_id = x.sample_id AND o.scorer_id = z.scorer_id AND o.neighbour_id = x.neighbour_id
+        JOIN one_shot_loss o
+          ON o.sample_id = x.sample_id AND o.scorer_id = z.scorer_id AND o.neighbour_id = x.neighbour_id
         WHERE x.neighbour_id IN (SELECT m.sample_id FROM membership m
                                  WHERE x.scope_dataset = '' OR m.dataset = x.scope_dataset)
         """
