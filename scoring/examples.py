@@ -15,7 +15,7 @@ import torch
 
 from catalog.errors import ArgumentError
 from catalog.neighbours import NO_NEIGHBOUR
-from scoring.neighbours import Points, _free_bytes, _GroupIndex, block_rows, near_tie_margin, pair_similarity
+from scoring.neighbours import Points, near_tie_margin, pair_similarity, similarity_blocks
 
 
 def nearest_examples(
@@ -46,15 +46,7 @@ def nearest_examples(
     if n_queries == 0 or n_candidates == 0:
         return out_ids, out_sim
     margin = near_tie_margin(candidates.vectors.shape[1])
-    excluded = _GroupIndex(candidates.groups)
-    cand = torch.from_numpy(np.ascontiguousarray(candidates.vectors, np.float32)).to(device)  # [N, d]
-    step = rows_per_block or block_rows(n_candidates, _free_bytes(device))
-    for start in range(0, n_queries, step):
-        stop = min(start + step, n_queries)
-        query = torch.from_numpy(np.ascontiguousarray(queries.vectors[start:stop], np.float32)).to(device)
-        sims = query @ cand.T  # [B, N] float32
-        rows, cols = excluded.pairs(queries.groups[start:stop])
-        sims[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
+    for start, _, sims in similarity_blocks(queries, candidates, rows_per_block, device):
         pair_rows, pair_cols = _shortlist(sims, k, margin)
         if len(pair_rows) == 0:
             continue

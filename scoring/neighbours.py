@@ -30,7 +30,7 @@ that dataset's links (and the catalog-wide ones), and stay equal to a rebuild.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -129,15 +129,7 @@ def nearest(
     if n_queries == 0 or n_candidates == 0:
         return Nearest(out_ids, out_sim)
     margin = near_tie_margin(candidates.vectors.shape[1])
-    excluded = _GroupIndex(candidates.groups)
-    cand = torch.from_numpy(np.ascontiguousarray(candidates.vectors, np.float32)).to(device)  # [N, d]
-    step = rows_per_block or block_rows(n_candidates, _free_bytes(device))
-    for start in range(0, n_queries, step):
-        stop = min(start + step, n_queries)
-        query = torch.from_numpy(np.ascontiguousarray(queries.vectors[start:stop], np.float32)).to(device)  # [B, d]
-        sims = query @ cand.T  # [B, N] float32
-        rows, cols = excluded.pairs(queries.groups[start:stop])
-        sims[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
+    for start, stop, sims in similarity_blocks(queries, candidates, rows_per_block, device):
         top = sims.topk(min(2, n_candidates), dim=1)  # [B, 2]: best and runner-up
         if floor is not None:
             cannot_reach = torch.from_numpy(floor[start:stop] - margin).to(device) > top.values[:, 0].double()
@@ -154,6 +146,23 @@ def nearest(
         )
         out_ids[start + rows], out_sim[start + rows] = ids, sims
     return Nearest(out_ids, out_sim)
+
+
+def similarity_blocks(
+    queries: Points, candidates: Points, rows_per_block: int | None = None, device: str = "cpu"
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(start, stop, sims) per block of query rows: sims [stop - start, N] float32 similarities to every
+    candidate, -inf where the candidate shares the query's group (itself, an exact duplicate)."""
+    excluded = _GroupIndex(candidates.groups)
+    cand = torch.from_numpy(np.ascontiguousarray(candidates.vectors, np.float32)).to(device)  # [N, d]
+    step = rows_per_block or block_rows(len(candidates.ids), _free_bytes(device))
+    for start in range(0, len(queries.ids), step):
+        stop = min(start + step, len(queries.ids))
+        query = torch.from_numpy(np.ascontiguousarray(queries.vectors[start:stop], np.float32)).to(device)  # [B, d]
+        sims = query @ cand.T  # [B, N] float32
+        rows, cols = excluded.pairs(queries.groups[start:stop])
+        sims[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)] = -torch.inf
+        yield start, stop, sims
 
 
 def _free_bytes(device: str) -> int | None:
