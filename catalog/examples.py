@@ -16,11 +16,8 @@ import pyarrow as pa
 import sqlalchemy as sa
 
 from catalog import db
-from catalog.neighbours import NO_NEIGHBOUR
+from catalog.neighbours import IN_SCOPE, NO_NEIGHBOUR
 from catalog.store import Catalog
-
-# Current samples of scope $scope: members of its dataset, or of any dataset catalog-wide.
-_IN_SCOPE = "(SELECT sample_id FROM membership WHERE $scope = '' OR dataset = $scope)"
 
 
 def save_lists(
@@ -31,20 +28,8 @@ def save_lists(
     neighbour_ids: np.ndarray,
     similarity: np.ndarray,
 ) -> int:
-    """Replace the example lists of `ids` in one transaction (see replace_lists); returns the rows written."""
-    with catalog.write() as conn:
-        return replace_lists(conn, embedder_id, scope_dataset, ids, neighbour_ids, similarity)
-
-
-def replace_lists(
-    conn: sa.Connection,
-    embedder_id: int,
-    scope_dataset: str,
-    ids: np.ndarray,
-    neighbour_ids: np.ndarray,
-    similarity: np.ndarray,
-) -> int:
-    """Delete the stored lists of `ids` under the embedder and scope, and write the new ones.
+    """Replace the stored lists of `ids` under the embedder and scope, in one transaction; returns the
+    rows written.
 
     Args:
         ids: int64 [n] samples.
@@ -67,7 +52,11 @@ def replace_lists(
         }
     )
     params = {"embedder_id": embedder_id, "scope": scope_dataset}
-    with db.registered(conn, "_lists", db.id_table(ids)), db.registered(conn, "_listed", listed):
+    with (
+        catalog.write() as conn,
+        db.registered(conn, "_lists", db.id_table(ids)),
+        db.registered(conn, "_listed", listed),
+    ):
         db.execute(
             conn,
             """DELETE FROM example_list WHERE embedder_id = $embedder_id AND scope_dataset = $scope
@@ -80,8 +69,8 @@ def replace_lists(
             INSERT INTO example_list (sample_id, embedder_id, scope_dataset, rank, neighbour_id, similarity,
                                       computed_at)
             SELECT sample_id, $embedder_id, $scope, rank, neighbour_id, similarity, $now FROM _listed
-            WHERE sample_id IN {_IN_SCOPE}
-              AND sample_id NOT IN (SELECT sample_id FROM _listed WHERE neighbour_id NOT IN {_IN_SCOPE})
+            WHERE sample_id IN {IN_SCOPE}
+              AND sample_id NOT IN (SELECT sample_id FROM _listed WHERE neighbour_id NOT IN {IN_SCOPE})
             ORDER BY sample_id, rank""",
             {**params, "now": db.utcnow()},
         )[0][0]
@@ -185,7 +174,7 @@ STABILITY_SQL = f"""
     WITH listed AS (
         SELECT x.sample_id, x.rank, x.miwv FROM miwv_examples x
         WHERE x.scorer_id = $scorer AND x.embedder_id = $embedder AND coalesce(x.scope_dataset, '') = $scope
-          AND x.status = 'ok' AND x.sample_id IN {_IN_SCOPE}
+          AND x.status = 'ok' AND x.sample_id IN {IN_SCOPE}
     ),
     pairs AS (
         SELECT sample_id, any_value(miwv) FILTER (WHERE rank = 1) AS first,
@@ -207,7 +196,7 @@ STABILITY_SQL = f"""
            count(*) FILTER (WHERE top_first <= k AND top_second <= k) / any_value(k) AS top_share,
            (SELECT corr(c.one_shot_loss, c.zero_shot_loss) FROM score_current c
             WHERE c.scorer_id = $scorer AND c.embedder_id = $embedder AND c.scope_dataset = $scope
-              AND c.status = 'ok' AND c.sample_id IN {_IN_SCOPE}) AS loss_correlation,
+              AND c.status = 'ok' AND c.sample_id IN {IN_SCOPE}) AS loss_correlation,
            (SELECT median(spread) FROM spreads) AS spread
     FROM ranked, top
 """

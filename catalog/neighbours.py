@@ -53,10 +53,10 @@ def current_groups(
         with db.registered(conn, "wanted", db.id_table(ids)):
             table = db.query_arrow(
                 conn,
-                """
+                f"""
                 SELECT s.sample_id, hash(s.user_text) AS text_group
                 FROM sample s JOIN wanted w USING (sample_id)
-                WHERE s.sample_id IN (SELECT sample_id FROM membership WHERE $scope = '' OR dataset = $scope)
+                WHERE s.sample_id IN {IN_SCOPE}
                 ORDER BY s.sample_id""",
                 {"scope": scope_dataset},
             )
@@ -80,9 +80,10 @@ def current_links(catalog: Catalog, embedder_id: int, scope_dataset: str = CATAL
     return Links(table["sample_id"].to_numpy(), table["neighbour_id"].to_numpy(), table["similarity"].to_numpy())
 
 
+# SQL: the current samples of scope $scope: members of its dataset, or of any dataset catalog-wide.
+IN_SCOPE = "(SELECT sample_id FROM membership WHERE $scope = '' OR dataset = $scope)"
 # A link row `l` of scope $scope whose sample and neighbour (if any) are current in that scope.
-_IN_SCOPE = "(SELECT sample_id FROM membership WHERE $scope = '' OR dataset = $scope)"
-_BOTH_CURRENT = f"""l.sample_id IN {_IN_SCOPE} AND (l.neighbour_id IS NULL OR l.neighbour_id IN {_IN_SCOPE})"""
+_BOTH_CURRENT = f"""l.sample_id IN {IN_SCOPE} AND (l.neighbour_id IS NULL OR l.neighbour_id IN {IN_SCOPE})"""
 
 
 def save_links(
