@@ -320,6 +320,8 @@ def create_app(catalog: Catalog, allowed_hosts: list[str] | None = None, limit: 
             ("/selections", pages.selections),
             ("/selections/{a}/vs/{b}", pages.selection_diff),
             ("/compare", pages.compare),
+            ("/experiments", pages.experiments),
+            ("/experiments/compare", pages.experiment_pair),
         )
     ]
     app = Starlette(

@@ -1,4 +1,4 @@
-"""Chart geometry for the model and compare pages, drawn as inline SVG by the templates.
+"""Chart geometry for the model, compare and experiments pages, drawn as inline SVG by the templates.
 
 No chart library: every mark is an SVG element whose text goes through Jinja's escaping, so
 sample text in a tooltip never becomes markup. The plot's data ranges ride on the <svg> as
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 PALETTE = ("#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
 WIDTH, HEIGHT = 640, 320
 MARGIN = (12, 16, 40, 56)  # top, right, bottom, left
+SMALL = (320, 180)  # width, height of a small multiple (one run's loss curve)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,23 @@ class CurvePoint:
     kept: int
     top_k: int
     recall: float
+
+
+@dataclass(frozen=True)
+class LossPoint:
+    x: float
+    y: float
+    step: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class LossCurve:
+    """One training run's loss curve, on a frame all runs of a page share."""
+
+    run_id: int
+    frame: Frame
+    points: list[LossPoint]
 
 
 @dataclass(frozen=True)
@@ -185,15 +203,43 @@ def curve(rows: list[dict]) -> Chart | None:
     return Chart(frame, points, [])
 
 
+def loss_curves(rows: list[dict]) -> list[LossCurve]:
+    """A small chart per run from (run_id, step, loss) rows, all on the same axes so that runs compare
+    at a glance: steps from 0, losses over the range of every run's (rounded out to ticks)."""
+    if not rows:
+        return []
+    losses = [r["loss"] for r in rows]
+    frame = Frame(0, _nice_top(max(r["step"] for r in rows)), *_rounded_out(min(losses), max(losses)), *SMALL)
+    by_run: dict[int, list[LossPoint]] = {}
+    for r in rows:
+        by_run.setdefault(r["run_id"], []).append(
+            LossPoint(frame.x(r["step"]), frame.y(r["loss"]), r["step"], r["loss"])
+        )
+    return [LossCurve(run_id, frame, points) for run_id, points in by_run.items()]
+
+
 def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
     """Round tick values (1, 2 or 5 times a power of ten apart) inside [lo, hi]."""
     if hi <= lo:
         return [lo]
-    raw = (hi - lo) / count
-    power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    step = _tick_step(lo, hi, count)
     first = math.ceil(lo / step - 1e-9)
     return [round(k * step, 10) for k in range(first, int(math.floor(hi / step + 1e-9)) + 1)]
+
+
+def _tick_step(lo: float, hi: float, count: int) -> float:
+    """The round distance (1, 2 or 5 times a power of ten) that cuts [lo, hi] into at most `count` parts."""
+    raw = (hi - lo) / count
+    power = 10 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+
+
+def _rounded_out(lo: float, hi: float, count: int = 4) -> tuple[float, float]:
+    """[lo, hi] widened to round ticks (by half a unit each way when it is a single value)."""
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    step = _tick_step(lo, hi, count)
+    return math.floor(lo / step) * step, math.ceil(hi / step) * step
 
 
 def _nice_top(value: float) -> float:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from catalog import Catalog, UserError
+from catalog import experiments as xp
 from catalog import explore as ex
 from catalog.examples import stability_in
 from catalog.score import alpaca_fields_of, messages_of
@@ -24,6 +25,7 @@ from web.render import download, key_query, model_url, page, wants_download
 PAGE_SIZE = 50  # samples per page unless ?per_page= (1 to MAX_PAGE_SIZE) says otherwise
 MAX_PAGE_SIZE = 500
 DIFF_ROWS = 200  # rows per side shown on a selection diff (downloads hold them all)
+PAIR_PROMPTS = 20  # prompts per page of two runs side by side (downloads hold them all)
 DOWNLOAD_PARAMS = ("download", "format")
 SAMPLE_PARAMS = ("scorer", "embedder", "scope", "sort", "order", "dataset", "status", "q", "where", "after", "before")
 RANGE_PARAMS = tuple(f"{name}_{bound}" for name in ex.RANGES for bound in ("min", "max"))
@@ -206,6 +208,72 @@ def compare(request: Request) -> Response:
         curve=charts.curve(tables["curve"].rows),
         **context,
     )
+
+
+@takes()
+def experiments(request: Request) -> Response:
+    with _read(request) as conn:
+        tables = xp.experiment_tables(conn)
+    return _tables_or_page(
+        request,
+        tables,
+        "experiments.html",
+        runs=xp.runs_with_metrics(tables),
+        testsets=sorted({row["testset"] for row in tables["reference_losses"].rows}),
+        opponents=_opponents(tables["pairs"].rows),
+        curves=charts.loss_curves(tables["loss_curves"].rows),
+    )
+
+
+@takes("a", "b", "settings", "testset", "page")
+def experiment_pair(request: Request) -> Response:
+    a, b = _run_id(request, "a"), _run_id(request, "b")
+    if a == b:
+        raise UserError(f"a and b are both run {a}: name two different runs")
+    number = _int(request, "page") or 1
+    if number < 1:
+        raise UserError(f"page must be 1 or more, not {number}")
+    limit = None if wants_download(request) else PAIR_PROMPTS
+    offset = (number - 1) * PAIR_PROMPTS
+    with _read(request) as conn:
+        pair = xp.run_pair(conn, a, b, _text(request, "settings"), _text(request, "testset"), limit, offset)
+    pages = max(1, math.ceil(pair.total / PAIR_PROMPTS))
+    if number > pages:
+        raise UserError(f"page {number} is past the last page of this comparison ({pages})")
+    verdicts: dict[int, list[dict]] = {}
+    for row in pair.tables["verdicts"].rows if "verdicts" in pair.tables else []:
+        verdicts.setdefault(row["prompt_id"], []).append(row)
+    return _tables_or_page(
+        request,
+        pair.tables,
+        "experiment_pair.html",
+        pair=pair,
+        verdicts=verdicts,
+        page_number=number,
+        pages=pages,
+        link=lambda **changes: _with(request, **changes),
+    )
+
+
+def _run_id(request: Request, name: str) -> int:
+    """Training run `name` (a or b) of the query; 404 for one that is not a whole number."""
+    text = request.query_params.get(name, "").strip()
+    if not text:
+        raise UserError("this page compares two training runs: /experiments/compare?a=RUN&b=RUN (runs: /experiments)")
+    try:
+        return int(text)
+    except ValueError:
+        raise ex.NotFound(f"{text!r} is not a training run id (a whole number); the runs are on /experiments") from None
+
+
+def _opponents(pairs: list[dict]) -> dict[int, list[dict]]:
+    """Per run, every judged pair it is in, from its side: the other run, the judge and its winning score."""
+    sides: dict[int, list[dict]] = {}
+    for row in pairs:
+        score = row["winning_score"]
+        for run, other, own in ((row["run_a"], row["run_b"], score), (row["run_b"], row["run_a"], 2 - score)):
+            sides.setdefault(run, []).append({"run": other, "judge": row["judge"], "score": own, "n": row["n"]})
+    return sides
 
 
 def _catalog(request: Request) -> Catalog:
