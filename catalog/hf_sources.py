@@ -1,5 +1,6 @@
 """Hugging Face datasets as numbered rows: a `save_to_disk` folder, a folder of Parquet shards,
-or hf:NAME through `datasets.load_dataset` (the local HF cache offline, the Hub online).
+or hf:NAME through `datasets.load_dataset` (the local HF cache offline, the Hub online); and one
+data file of a Hub dataset repository (`hub_dataset_file`), as the named test sets are read.
 
 Rows are numbered across the whole source (so each has one number in `rejects`); messages
 name a shard's row within its shard. The fingerprint is SHA-256 over the data files' hashes.
@@ -54,6 +55,38 @@ def read_hub(name: str, split: str | None) -> RowSource:
     dataset, split = _one_split(_load_dataset(name, split, label), split, label)
     location = f"{label}?split={split}" if split else label
     return _dataset_source(dataset, location, location, "hf-hub")
+
+
+def hub_dataset_file(repo_id: str, filename: str, label: str, command: str) -> Path:
+    """The local path of `filename` in the Hub dataset `repo_id`: from the HF cache, else downloaded into it.
+
+    `datasets.load_dataset` cannot serve here: offline it reads only the Arrow cache of an earlier
+    online load, never the Hub's files in the HF cache, and since datasets 4 it refuses every
+    repository that still carries a loading script (tatsu-lab/alpaca_eval, GAIR/lima) although their
+    data files are plain JSON. `label` names what is wanted and `command` the verb that would download
+    it, in the one-line errors."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.constants import ENDPOINT, HF_HUB_CACHE, HF_HUB_OFFLINE
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename, repo_type="dataset", local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    if HF_HUB_OFFLINE:
+        raise InvalidInput(
+            f"{label}: {filename} of the Hub dataset {repo_id} is not in the local Hugging Face cache "
+            f"({HF_HUB_CACHE}); download it there (hf download --repo-type dataset {repo_id} {filename}) "
+            f"or unset HF_HUB_OFFLINE to let `{command}` download it"
+        )
+    try:
+        return Path(hf_hub_download(repo_id, filename, repo_type="dataset"))
+    except (HfHubHTTPError, LocalEntryNotFoundError) as error:
+        raise InvalidInput(
+            f"{label}: could not download {filename} of the Hub dataset {repo_id} from {ENDPOINT} into "
+            f"{HF_HUB_CACHE} ({_first_line(error)}); for a gated dataset, accept its terms on the Hub and "
+            "run `hf auth login`"
+        ) from None
 
 
 def _shards(root: Path, label: str) -> list[Path]:

@@ -82,9 +82,10 @@ def _with_adapter(model, folder: Path):
 
 
 def prompt_ids(builder: SequenceBuilder, prompt: TestPrompt) -> list[int]:
-    """The prompt's ids as the scorer renders a zero-shot prompt (the Alpaca fields when it has a sample)."""
-    fields = (prompt.sample.instruction, prompt.sample.input) if prompt.sample else None
-    return builder.prompt_ids([Turn("user", prompt.prompt, fields)])
+    """The prompt's ids as the scorer renders the zero-shot prompt of the same Alpaca sample: instruction
+    and input as the template's Alpaca fields (the alpaca template's "### Input:" section), the user turn
+    as ingest stores it for a chat template; with a reference answer or without one."""
+    return builder.prompt_ids([Turn("user", prompt.prompt, (prompt.instruction, prompt.input))])
 
 
 def generate(

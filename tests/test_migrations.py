@@ -228,8 +228,9 @@ def seed_0011(conn) -> None:
 
 
 def seed_0012(conn) -> None:
-    """Two training runs on selection 1 (one finished), their loss curves, a Vicuna prompt, both
-    runs' greedy answers to it, a reference loss and a judgement in each order."""
+    """Two training runs on selection 1 (one finished), their loss curves, a Vicuna prompt and a
+    Self-instruct one with an input, both runs' greedy answers to the first, a reference loss and a
+    judgement in each order."""
     db.execute(
         conn,
         """INSERT INTO train_run VALUES
@@ -238,7 +239,9 @@ def seed_0012(conn) -> None:
              (2, 1, 'smollm2-135m', 'beef', 'alpaca', 'f00', 'lora', '{"epochs": 1}', 1, 'cpu', 5, 'runs/2', NULL,
               '2026-11-12 11:00:00', NULL);
            INSERT INTO train_loss VALUES (1, 1, 0.5, 2.5, 0.0002), (1, 2, 1.0, 2.1, 0.0001);
-           INSERT INTO test_prompt VALUES (7, 'vicuna', 0, 'Write a haiku.', NULL, 'vicuna_80.jsonl');
+           INSERT INTO test_prompt VALUES (7, 'vicuna', 0, 'Write a haiku.', '', NULL, 'vicuna_80.jsonl'),
+             (8, 'self-instruct', 3, 'Fix the spelling.', 'Teh cat sat.', 'The cat sat.',
+              'hf:HuggingFaceH4/self-instruct-eval@13c4dae/human-eval.jsonl');
            INSERT INTO generation VALUES (1, 7, '{"greedy": true}', 'Leaves fall.', 3, '2026-11-12 12:00:00'),
                                          (2, 7, '{"greedy": true}', 'Snow.', 2, '2026-11-12 12:00:00');
            INSERT INTO reference_loss VALUES (1, 7, 1.5, 10, '2026-11-12 12:00:00');
@@ -459,6 +462,20 @@ def test_0011_makes_every_earlier_link_and_score_catalog_wide(tmp_path):
         assert db.execute(conn, "SELECT count(*), min(scope_dataset) FROM miwv_examples WHERE scorer_id = 1") == [
             (listed, "mix")
         ]
+
+
+def test_0012_keeps_a_test_prompts_input_apart_and_defaults_it_to_empty(tmp_path):
+    """Its seed stores at 0012, and a test prompt inserted without an input has '' (not NULL)."""
+    path = tmp_path / "old"
+    seeded_at(path, "0012")
+    with db.connect(path / "catalog.duckdb", read_only=False, busy_timeout=1) as conn:
+        db.execute(
+            conn,
+            """INSERT INTO test_prompt (prompt_id, testset, position, prompt, reference, source)
+               VALUES (9, 'koala', 0, 'Tell a joke.', NULL, 'koala_test_set.jsonl')""",
+        )
+        rows = db.execute(conn, "SELECT prompt_id, prompt, input FROM test_prompt ORDER BY prompt_id")
+    assert rows == [(7, "Write a haiku.", ""), (8, "Fix the spelling.", "Teh cat sat."), (9, "Tell a joke.", "")]
 
 
 def test_every_revision_has_a_seed_so_the_next_one_is_tested_with_data():

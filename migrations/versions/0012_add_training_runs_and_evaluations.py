@@ -7,8 +7,10 @@ losses and pairwise judgements, all rows like scores and selections (issue 19).
   NULL while it runs or after it stopped (`train` again resumes it from its last checkpoint).
   A run of method 'base' is the base model itself, untrained (selection_id 0): the baseline.
 - train_loss: the loss curve, one row per logging step.
-- test_prompt: a prompt of a test set (Vicuna 80, a local file, ...), stored once, keyed by the
-  hash of its text; `reference` is an answer when the set has one.
+- test_prompt: a prompt of a test set (Vicuna 80, AlpacaEval, a local file, ...), stored once,
+  keyed by the hash of the set's name, instruction and input; `prompt` is the instruction and
+  `input` the Alpaca input ('' when none), kept apart so a template renders them as its trainer
+  does; `reference` is an answer when the set has one.
 - generation: a run's answer to a test prompt under generation settings (`settings`: JSON of
   greedy or seeded sampling and max new tokens), so a rerun generates only what is missing.
 - reference_loss: the mean token NLL of a reference answer under a run (a judge-free metric).
@@ -57,10 +59,11 @@ def upgrade() -> None:
     )
     op.create_table(
         "test_prompt",
-        sa.Column("prompt_id", sa.BigInteger, primary_key=True, autoincrement=False),  # hash of testset + text
+        sa.Column("prompt_id", sa.BigInteger, primary_key=True, autoincrement=False),  # hash of set + text
         sa.Column("testset", sa.String, nullable=False),
         sa.Column("position", sa.Integer, nullable=False),
-        sa.Column("prompt", sa.String, nullable=False),
+        sa.Column("prompt", sa.String, nullable=False),  # the instruction
+        sa.Column("input", sa.String, nullable=False, server_default=""),
         sa.Column("reference", sa.String),
         sa.Column("source", sa.String, nullable=False),  # the file or Hub dataset it came from
     )
