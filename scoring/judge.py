@@ -13,18 +13,25 @@ then its most likely score for Assistant 2 (with the line's end) after that scor
 The answer is that line ("7 5"), always parseable;
 equal scores are a tie, as Cherry's review script counts them. The likelihoods come from the
 scorer's loss machinery (scoring.losses.extend) over the prompt's KV cache, run once.
+
+A judge behind an OpenAI-compatible endpoint (scoring.judge_api.ApiJudge) sees the same prompt and
+answers in free text; `open_judge` picks one of the two from the `--judge` spec.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from catalog.errors import UserError
 from scoring.losses import Piece, extend
 from scoring.models import load_model, load_tokenizer, pad_id, resolve_model
+
+if TYPE_CHECKING:
+    from scoring.judge_api import ApiJudge
 
 SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
 TEMPLATE = (
@@ -44,6 +51,8 @@ CRITERIA = (
 PROMPT_HASH = hashlib.sha256("\0".join((SYSTEM, TEMPLATE, CRITERIA)).encode()).hexdigest()
 SCORES = range(1, 11)
 LOCAL = "local:"
+API = "openai:"
+KEY_ENV = "OPENAI_API_KEY"  # where an API judge's key is read from, unless told another variable
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,20 @@ def verdict(raw: str) -> str | None:
     return "first" if first > second else "second" if second > first else "tie"
 
 
+def open_judge(
+    spec: str, url: str | None = None, key_env: str = KEY_ENV, device: str = "cpu", dtype: torch.dtype = torch.float32
+) -> LocalJudge | ApiJudge:
+    """The judge `spec` names: "local:MODEL" (a model loaded here on `device`) or "openai:MODEL" at the
+    endpoint `url` (its key in the environment variable `key_env`), checked before any work starts."""
+    if spec.startswith(API):
+        from scoring.judge_api import ApiJudge  # httpx only when asked for
+
+        return ApiJudge(spec, url, key_env)
+    if url is not None:
+        raise UserError(f"--judge-url is for an openai:MODEL judge, not {spec}: leave it out")
+    return LocalJudge(spec, device, dtype)
+
+
 class LocalJudge:
     """A local causal LM judging under Cherry's prompt.
 
@@ -84,7 +107,10 @@ class LocalJudge:
 
     def __init__(self, spec: str, device: str, dtype: torch.dtype) -> None:
         if not spec.startswith(LOCAL) or not spec[len(LOCAL) :]:
-            raise UserError(f"judge {spec!r} is not local:MODEL (an alias, model folder or .gguf)")
+            raise UserError(
+                f"judge {spec!r} is not local:MODEL (an alias, model folder or .gguf) nor openai:MODEL (with "
+                "--judge-url)"
+            )
         model = resolve_model(spec[len(LOCAL) :])
         self.name = f"{LOCAL}{model.name}@{model.fingerprint[:12]}"
         self.tokenizer = load_tokenizer(model)
