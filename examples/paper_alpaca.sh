@@ -8,7 +8,7 @@
 #
 # Needs: the Hugging Face Hub (or a warm HF cache with tatsu-lab/alpaca, BAAI/bge-large-en-v1.5
 #   and meta-llama/Llama-2-7b-hf, then HF_HUB_OFFLINE=1 works); Llama-2 is gated: accept its
-#   licence on the Hub and `huggingface-cli login` first. And a GPU: on a CPU the 7B model would
+#   licence on the Hub and `hf auth login` first. And a GPU: on a CPU the 7B model would
 #   take weeks. About 13.5 GB of model weights are downloaded once.
 #
 # Expected time (an estimate from the README's arithmetic, not a measurement: no GPU run of a 7B

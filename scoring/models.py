@@ -132,7 +132,7 @@ def hf_snapshot(
     if not download or HF_HUB_OFFLINE:
         raise UserError(
             f"{repo_id} is not in the local Hugging Face cache ({HF_HUB_CACHE}); download it there "
-            f"(huggingface-cli download {repo_id}), unset HF_HUB_OFFLINE to let `{command}` download it, "
+            f"(hf download {repo_id}), unset HF_HUB_OFFLINE to let `{command}` download it, "
             f"or pass {option} /path/to/its/folder"
         )
     try:
@@ -141,7 +141,7 @@ def hf_snapshot(
         reason = " ".join(str(error).split())
         raise UserError(
             f"could not download {repo_id} from the Hugging Face Hub ({ENDPOINT}) into {HF_HUB_CACHE}: {reason} "
-            f"(for a gated model, accept its licence on the Hub and run `huggingface-cli login`)"
+            f"(for a gated model, accept its licence on the Hub and run `hf auth login`)"
         ) from None
     if not _has_weights(folder):
         raise UserError(

@@ -153,7 +153,7 @@ def test_offline_a_missing_embedder_is_one_line_naming_the_repo_and_what_to_do(h
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
         f"Error: {BGE} is not in the local Hugging Face cache ({hub / 'hub'}); download it there "
-        f"(huggingface-cli download {BGE}), unset HF_HUB_OFFLINE to let `embed` download it, "
+        f"(hf download {BGE}), unset HF_HUB_OFFLINE to let `embed` download it, "
         "or pass --embedder /path/to/its/folder"
     ]
 

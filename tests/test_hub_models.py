@@ -97,7 +97,7 @@ def test_offline_a_missing_model_says_where_it_looked(tmp_path, name):
     out = resolve(name, tmp_path, offline=True)
     assert out == (
         f"Error: Qwen/Qwen2.5-7B is not in the local Hugging Face cache ({tmp_path / 'hub'}); download it there "
-        "(huggingface-cli download Qwen/Qwen2.5-7B), unset HF_HUB_OFFLINE to let `score` download it, "
+        "(hf download Qwen/Qwen2.5-7B), unset HF_HUB_OFFLINE to let `score` download it, "
         "or pass --model /path/to/its/folder"
     )
 
