@@ -732,9 +732,24 @@ def report(
 
 @cli.command()
 @click.option("--runs", help="Training run ids, comma-separated (see `experiments`).")
-@click.option("--testset", "testsets", multiple=True, help="vicuna, or a JSONL file of prompts; repeatable.")
+@click.option(
+    "--testset",
+    "testsets",
+    multiple=True,
+    help="vicuna, koala, wizardlm, self-instruct, lima, alpaca-eval (the paper's sets and AlpacaEval; see README), "
+    "or a .jsonl/.json/.parquet/.csv file of prompts; repeatable.",
+)
 @click.option("--reference-loss", type=click.Path(dir_okay=False), help="JSONL of prompts with reference answers.")
-@click.option("--judge", help="local:MODEL (alias, folder or .gguf): judge every pair of runs in both orders.")
+@click.option(
+    "--judge", help="local:MODEL (alias, folder or .gguf) or openai:MODEL: judge every pair of runs in both orders."
+)
+@click.option("--judge-url", help="An OpenAI-compatible API base for an openai:MODEL judge (http://HOST:PORT/v1).")
+@click.option(
+    "--judge-key-env",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    help="The environment variable holding the judge endpoint's key (unset: no key is sent).",
+)
 @click.option("--base", help="Also evaluate this base model itself (a baseline run, recorded once).")
 @click.option("--template", help="The baseline's template (default: chat when the tokenizer has one).")
 @click.option("--max-new-tokens", type=int, default=256, show_default=True)
@@ -752,6 +767,8 @@ def evaluate(
     testsets: tuple[str, ...],
     reference_loss: str | None,
     judge: str | None,
+    judge_url: str | None,
+    judge_key_env: str,
     base: str | None,
     template: str | None,
     max_new_tokens: int,
@@ -771,6 +788,8 @@ def evaluate(
         testset=list(testsets) or None,
         reference_loss=reference_loss,
         judge=judge,
+        judge_url=judge_url,
+        judge_key_env=judge_key_env,
         base=base,
         template=template,
         max_new_tokens=max_new_tokens,

@@ -259,6 +259,7 @@ class Reported(_AsDict):
     ifd: dict | None = None  # IFD summary per dataset and MIWV-IFD agreement; None: no response losses
     cascades: list[dict] | None = None  # its screened selections and their estimated recall
     stability: dict | None = None  # MIWV@1 against MIWV@2 per dataset (score --examples 2+); None: no lists
+    sizes: list[dict] = ()  # trained selections' reference loss per strategy and K (catalog.size_sweep)
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,8 @@ class Evaluated(_AsDict):
     reference_file: str | None
     reference_losses: dict[int, float | None]  # run -> mean response NLL of the file's references
     judge: str | None
-    asked: int  # questions put to the judge by this call
+    asked: int  # questions put to the judge by this call (an unreadable answer is asked twice)
+    unreadable: int  # (pair, prompt, order)s whose answer stayed unreadable: not stored, a rerun asks again
     pairs: list[dict]  # per pair (run_a < run_b): n, wins, ties, losses of run_a, winning_score
     seconds: float
 
@@ -869,7 +871,14 @@ class Catalog:
         scorer, links = self._scores_for(model, scorer_id, embedder, "miwv")
         result = write_report(self._store, scorer.scorer_id, links.embedder_id, model, out, scope)
         return Reported(
-            model, result.scorer, result.summary, result.files, result.ifd, result.cascades, result.stability
+            model,
+            result.scorer,
+            result.summary,
+            result.files,
+            result.ifd,
+            result.cascades,
+            result.stability,
+            list(result.sizes),
         )
 
     @checked(
@@ -877,6 +886,8 @@ class Catalog:
         testset=optional(names_or_paths),
         reference_loss=optional(file_path),
         judge=optional(text),
+        judge_url=optional(text),
+        judge_key_env=text,
         base=optional(name_or_path),
         template=optional(name_or_path),
         max_new_tokens=whole(1, 4096),
@@ -894,6 +905,8 @@ class Catalog:
         testset: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
         reference_loss: str | os.PathLike | None = None,
         judge: str | None = None,
+        judge_url: str | None = None,
+        judge_key_env: str = "OPENAI_API_KEY",
         base: str | None = None,
         template: str | None = None,
         max_new_tokens: int = 256,
@@ -912,8 +925,12 @@ class Catalog:
                 list of them: each run answers every prompt (stored; a rerun generates only what is missing).
             reference_loss: a JSONL file of prompts with reference answers (output/reference): each run's
                 mean response NLL on them; refused when it shares a sample with a run's selection.
-            judge: "local:MODEL" (an alias, folder or .gguf): judges every pair of runs on every prompt in
-                both orders under Cherry LLM's prompt; nothing is asked twice.
+            judge: "local:MODEL" (an alias, folder or .gguf) or "openai:MODEL" (served at `judge_url`):
+                judges every pair of runs on every prompt in both orders under Cherry LLM's prompt; nothing
+                is asked twice. An answer that is not Cherry's score line is asked once more, then left out
+                and counted (`unreadable`).
+            judge_url: an OpenAI-compatible API base (http://127.0.0.1:8000/v1), checked before any model
+                loads; judge_key_env: the environment variable holding its key (unset: no key is sent).
             base, template: also evaluate the base MODEL itself (no fine-tuning) under `template`, as a
                 baseline run of method "base" (recorded once).
             max_new_tokens, sample, temperature, top_p, seed: greedy (default) or seeded sampling.
@@ -930,6 +947,8 @@ class Catalog:
             testsets=testset or [],
             reference_file=None if reference_loss is None else str(reference_loss),
             judge=judge,
+            judge_url=judge_url,
+            judge_key_env=judge_key_env,
             settings=Settings(max_new_tokens, sample, temperature, top_p, seed),
             device=device,
             batch_rows=batch_size,

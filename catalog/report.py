@@ -14,7 +14,9 @@ exactly what it was.
 Scores are read in one scope: catalog-wide examples (the default), or with scope "dataset" each
 dataset's rows from the scores whose examples came from that dataset. When the scorer has MIWV with
 two or more examples per sample (`score --examples K`), a stability section says how far MIWV holds
-when the example changes (catalog.examples.stability).
+when the example changes (catalog.examples.stability). When selections of the scorer were trained
+and evaluated (`train`, `evaluate --reference-loss`), a selection-size section gives the reference
+loss against K, and selection_size.png plots it (catalog.size_sweep).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from catalog.choices import SCOPES
 from catalog.errors import ArgumentError, UserError
 from catalog.examples import stability_in
 from catalog.export import MARKER, check_ours, staged
+from catalog.size_sweep import size_sweep
 from catalog.store import Catalog
 
 ALL = "(all)"
@@ -49,6 +52,8 @@ class Report:
     # {"scope": ..., "rows": one per dataset (scope dataset) or ALL (catalog): Stability.as_dict() and "dataset"};
     # None: no sample has MIWV with two examples
     stability: dict | None = None
+    # per (strategy, K, trained model, method, test set): its runs' reference loss; [] without evaluated runs
+    sizes: list[dict] = ()
 
 
 # A score_current row `m`, joined to a membership `d`, of the report's scope: catalog-wide, or d's dataset,
@@ -224,17 +229,20 @@ def write_report(
         ifd = ifd_figures(conn, scorer_id, embedder_id, scope)
         screened = cascades(conn, scorer_id)
         stable = stability_figures(conn, scorer_id, embedder_id, scope)
+        sizes = size_sweep(conn, scorer_id)
     scorer = f"scorer {scorer_id}: template {template} (revision {revision})"
     with staged(out) as stage:
         stage.path.mkdir()
         (stage.path / MARKER).write_text("written by miwv-catalog `report --out`; it may replace this folder\n")
-        written = [_markdown(summary, model, scorer, stage.path / "summary.md", ifd, screened, stable)]
+        written = [_markdown(summary, model, scorer, stage.path / "summary.md", ifd, screened, stable, sizes)]
         if points:
             written += [
                 _histogram(points, model, stage.path / "miwv_histogram.png"),
                 _losses(points, model, stage.path / "losses.png"),
             ]
-    return Report(summary, [out / path.name for path in written], scorer, ifd, screened, stable)
+        if sizes:
+            written.append(_sizes(sizes, model, stage.path / "selection_size.png"))
+    return Report(summary, [out / path.name for path in written], scorer, ifd, screened, stable, sizes)
 
 
 def check_out(catalog: Catalog, out_dir: str | Path) -> Path:
@@ -254,6 +262,7 @@ def _markdown(
     ifd: dict | None = None,
     screened: list | None = None,
     stable: dict | None = None,
+    sizes: list[dict] = (),
 ) -> Path:
     lines = [
         f"# MIWV of {model}",
@@ -272,6 +281,8 @@ def _markdown(
         lines += ["", "## Screening", "", *map(screen_line, screened)]
     if stable is not None:
         lines += ["", *_stability_markdown(stable)]
+    if sizes:
+        lines += ["", *_sizes_markdown(sizes)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -326,6 +337,24 @@ def _stability_markdown(stable: dict) -> list[str]:
     return lines + [f"- {row['dataset']}: {row['meaning']}" for row in stable["rows"]]
 
 
+SIZE_COLUMNS = [
+    "strategy", "top_percent", "samples", "trained", "method", "testset", "runs",
+    "reference_loss", "reference_loss_std", "final_train_loss",
+]  # fmt: skip
+
+
+def _sizes_markdown(sizes: list[dict]) -> list[str]:
+    return [
+        "## Selection size: the trained model's reference loss against K",
+        "",
+        "Each selection of this scorer that was trained (`train`) and evaluated (`evaluate --reference-loss`):",
+        "reference_loss: the mean response NLL of a test set's reference answers under its runs (lower is better),",
+        "mean and standard deviation over runs (seeds); final_train_loss: their mean last logged training loss.",
+        "",
+        *_table([{c: _rounded(row[c]) for c in SIZE_COLUMNS} for row in sizes], SIZE_COLUMNS),
+    ]
+
+
 def _rounded(value):
     return round(value, 4) if isinstance(value, float) else value
 
@@ -376,6 +405,26 @@ def _losses(points: list[dict], model: str, path: Path) -> Path:
         top = max(max(p["zero_shot_loss"], p["one_shot_loss"]) for p in points)
         axis.plot([0, top], [0, top], color="black", linewidth=0.8)  # above the line: MIWV > 0
         axis.set(xlabel="L_zero", ylabel="L_one", title=f"{model}: one-shot vs zero-shot loss")
+    return path
+
+
+def _sizes(sizes: list[dict], model: str, path: Path) -> Path:
+    """Reference loss against K (log axis), one line per strategy, trained model, method and test set."""
+    lines: dict[str, list[dict]] = {}
+    for row in sizes:
+        lines.setdefault(f"{row['strategy']}, {row['trained']} {row['method']}, {row['testset']}", []).append(row)
+    with _plot(path, (7, 4.5)) as axis:
+        for label, rows in lines.items():
+            axis.errorbar(
+                [r["top_percent"] for r in rows],
+                [r["reference_loss"] for r in rows],
+                yerr=[r["reference_loss_std"] or 0 for r in rows],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
+        axis.set_xscale("log")
+        axis.set(xlabel="K: top % of the pool selected", ylabel="reference loss (nats/token)", title=f"{model}: K")
     return path
 
 

@@ -1,10 +1,15 @@
 """`evaluate`: training runs answer test prompts, score reference answers, and are judged in pairs.
 
 Everything is checked before a model loads (unknown runs, test sets, a reference file that
-overlaps a run's training selection, a judge that is not local:MODEL); then each run's model
-loads once, generates what is missing batch by batch (each batch committed: a kill loses at most
-one), scores the reference answers, and the judge sees every pair of runs on every prompt in
-both orders, skipping what it already answered.
+overlaps a run's training selection, a judge that is neither local:MODEL nor openai:MODEL at a
+reachable endpoint); then each run's model loads once, generates what is missing batch by batch
+(each batch committed: a kill loses at most one), scores the reference answers, and the judge
+sees every pair of runs on every prompt in both orders, skipping what it already answered.
+
+An answer whose first line is not two scores (Cherry leaves those for a person, never a tie) is
+asked once more; if still unreadable, nothing is stored for that prompt and order (a judgement's
+verdict is a, b or tie, and every stored one counts in the winning score), the count is
+reported, and a rerun asks again.
 """
 
 from __future__ import annotations
@@ -12,8 +17,10 @@ from __future__ import annotations
 import gc
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -25,8 +32,12 @@ from catalog.testsets import TestPrompt, overlapping_samples, read_testset, stor
 from scoring.commits import patiently
 from scoring.device import pick_device, pick_dtype
 from scoring.generate import Settings, generate, load_run, reference_losses
-from scoring.judge import PROMPT_HASH, LocalJudge
+from scoring.judge import KEY_ENV, PROMPT_HASH, LocalJudge, Review, open_judge
 from scoring.models import choose_template, load_tokenizer, resolve_model
+from terminal.progress import Meter
+
+if TYPE_CHECKING:
+    from scoring.judge_api import ApiJudge
 
 JUDGE_BATCH = 8  # judgements committed together
 FINAL = "final"  # the subfolder `train` writes a finished run's adapter or model to
@@ -44,6 +55,7 @@ class EvaluateResult:
     reference_losses: dict[int, float | None]  # run -> mean response NLL over the file's references
     judge: str | None
     asked: int  # questions put to the judge by this call
+    unreadable: int  # (pair, prompt, order)s whose answer stayed unreadable when asked twice: not stored
     pairs: list[dict]  # per pair: n, wins, ties, losses of run_a and its winning score
     seconds: float
 
@@ -57,6 +69,8 @@ def evaluate_catalog(
     testsets: list[str] = (),
     reference_file: str | None = None,
     judge: str | None = None,
+    judge_url: str | None = None,
+    judge_key_env: str = KEY_ENV,
     settings: Settings,
     device: str = "auto",
     batch_rows: int = 8,
@@ -65,6 +79,8 @@ def evaluate_catalog(
     started = time.monotonic()
     if not testsets and reference_file is None:
         raise UserError("nothing to evaluate: give a test set (--testset) and/or a reference file (--reference-loss)")
+    if judge_url is not None and judge is None:
+        raise UserError("--judge-url is the endpoint of an openai:MODEL judge: give --judge openai:MODEL too")
     if judge is not None and not testsets:
         raise UserError("judging compares answers to a test set's prompts: give --testset too")
     runs = rows.find_runs(catalog, run_ids)
@@ -74,7 +90,7 @@ def evaluate_catalog(
         raise UserError("judging compares runs in pairs: give two runs or more (or a run and --base)")
     device = pick_device(device)
     dtype = pick_dtype(device)
-    judge_model = LocalJudge(judge, device, dtype) if judge is not None else None
+    judge_model = open_judge(judge, judge_url, judge_key_env, device, dtype) if judge is not None else None
     if base is not None:
         runs.append(rows.find_runs(catalog, [_base_run(catalog, base, template)])[0])
     with catalog.job("evaluate"):
@@ -87,10 +103,10 @@ def evaluate_catalog(
             generated += _evaluate_run(catalog, run, prompts, references, settings, stored, device, dtype, batch_rows)
             if references:
                 losses[run.run_id] = rows.mean_reference_loss(catalog, run.run_id, [p.prompt_id for p in references])
-        asked, pairs = 0, []
+        asked, unreadable, pairs = 0, 0, []
         if judge_model is not None:
             ids = [r.run_id for r in runs]
-            asked = _judge(catalog, judge_model, ids, prompts, stored)
+            asked, unreadable = _judge(catalog, judge_model, ids, prompts, stored)
             pairs = rows.pair_outcomes(catalog, ids, [p.prompt_id for p in prompts], judge_model.name, stored)
     return EvaluateResult(
         tuple(r.run_id for r in runs),
@@ -103,6 +119,7 @@ def evaluate_catalog(
         losses,
         judge_model.name if judge_model else None,
         asked,
+        unreadable,
         pairs,
         time.monotonic() - started,
     )
@@ -152,14 +169,20 @@ def _evaluate_run(
         return 0
     loaded = load_run(_located(catalog, run), device, dtype)
     generated = 0
-    for batch in generate(loaded, [p for p in prompts if p.prompt_id in missing], settings, batch_rows):
-        patiently(lambda batch=batch: rows.store_generations(catalog, run.run_id, stored, batch))
-        generated += len(batch)
+    with Meter(f"answering (run {run.run_id})", len(missing), "prompts", "tokens") as meter:
+        for batch in generate(loaded, [p for p in prompts if p.prompt_id in missing], settings, batch_rows):
+            patiently(lambda batch=batch: rows.store_generations(catalog, run.run_id, stored, batch))
+            generated += len(batch)
+            meter.advance(len(batch), second=sum(tokens for _, _, tokens in batch))
     todo = [p for p in references if p.prompt_id in unscored]
     if todo:
-        reference_losses(
-            loaded, todo, lambda losses: patiently(lambda: rows.store_reference_losses(catalog, run.run_id, losses))
-        )
+        with Meter(f"reference losses (run {run.run_id})", len(todo), "answers") as meter:
+
+            def store(losses: list[tuple[int, float | None, int | None]]) -> None:
+                patiently(lambda: rows.store_reference_losses(catalog, run.run_id, losses))
+                meter.advance(len(losses))
+
+            reference_losses(loaded, todo, store)
     del loaded
     gc.collect()
     return generated
@@ -177,26 +200,51 @@ def _located(catalog: Catalog, run: Run) -> Run:
     return Run(run.run_id, run.selection_id, run.model, run.template, run.method, str(folder))
 
 
-def _judge(catalog: Catalog, judge: LocalJudge, run_ids: list[int], prompts: list[TestPrompt], stored: str) -> int:
-    """Ask every pair of runs, every prompt, both orders, what is not yet answered; returns how many were asked."""
+def _judge(
+    catalog: Catalog, judge: LocalJudge | ApiJudge, run_ids: list[int], prompts: list[TestPrompt], stored: str
+) -> tuple[int, int]:
+    """Ask every pair of runs, every prompt, both orders, what is not yet answered; returns how many
+    questions were asked and how many answers stayed unreadable. What was answered is stored even
+    when a later question fails (an endpoint gives up, Ctrl-C), so a rerun asks only the rest."""
     done = rows.judged(catalog, judge.name, stored)
     answers = rows.generations(catalog, run_ids, [p.prompt_id for p in prompts], stored)
-    pending, asked = [], 0
+    pending, asked, unreadable = [], 0, 0
+    unasked = list(_unasked(run_ids, prompts, done))
+    try:
+        with Meter(f"judging ({judge.name})", len(unasked), "questions") as meter:
+            for a, b, prompt, a_first in unasked:
+                first, second = (answers[a, prompt.prompt_id], answers[b, prompt.prompt_id])[:: 1 if a_first else -1]
+                review, tries = _review(judge, prompt.prompt, first, second)
+                asked += tries
+                meter.advance(1)
+                if review.verdict is None:
+                    unreadable += 1
+                    continue
+                shown = {"tie": "tie", "first": "a" if a_first else "b", "second": "b" if a_first else "a"}
+                pending.append(
+                    dict(run_a=a, run_b=b, prompt_id=prompt.prompt_id, a_first=a_first, judge=judge.name,
+                         settings=stored, judge_prompt_hash=PROMPT_HASH, verdict=shown[review.verdict], raw=review.raw)
+                )  # fmt: skip
+                if len(pending) >= JUDGE_BATCH:
+                    batch, pending = pending, []
+                    patiently(lambda batch=batch: rows.store_judgements(catalog, batch))
+    finally:
+        patiently(lambda: rows.store_judgements(catalog, pending))
+    return asked, unreadable
+
+
+def _unasked(run_ids: list[int], prompts: list[TestPrompt], done: set) -> Iterator[tuple[int, int, TestPrompt, bool]]:
+    """(run_a, run_b, prompt, a_first) of every pair, prompt and order the judge has not answered."""
     for (a, b), prompt, a_first in itertools.product(
         itertools.combinations(sorted(run_ids), 2), prompts, (True, False)
     ):
-        if (a, b, prompt.prompt_id, a_first) in done:
-            continue
-        first, second = (answers[a, prompt.prompt_id], answers[b, prompt.prompt_id])[:: 1 if a_first else -1]
-        review = judge.review(prompt.prompt, first, second)
-        asked += 1
-        winner = {"tie": "tie", "first": "a" if a_first else "b", "second": "b" if a_first else "a"}[review.verdict]
-        pending.append(
-            dict(run_a=a, run_b=b, prompt_id=prompt.prompt_id, a_first=a_first, judge=judge.name, settings=stored,
-                 judge_prompt_hash=PROMPT_HASH, verdict=winner, raw=review.raw)
-        )  # fmt: skip
-        if len(pending) >= JUDGE_BATCH:
-            patiently(lambda pending=pending: rows.store_judgements(catalog, pending))
-            pending = []
-    patiently(lambda: rows.store_judgements(catalog, pending))
-    return asked
+        if (a, b, prompt.prompt_id, a_first) not in done:
+            yield a, b, prompt, a_first
+
+
+def _review(judge: LocalJudge | ApiJudge, question: str, first: str, second: str) -> tuple[Review, int]:
+    """The judge's review, asked a second time when the first answer is unreadable; and how many asks."""
+    review = judge.review(question, first, second)
+    if review.verdict is not None:
+        return review, 1
+    return judge.review(question, first, second), 2

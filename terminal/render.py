@@ -286,6 +286,10 @@ def print_report(result) -> None:
         )
         for row in rows:
             _line(f"{row['dataset']}: {row['meaning']}")
+    if result.sizes:
+        from catalog.report import SIZE_COLUMNS
+
+        print_rows(result.sizes, title="the trained selections' reference loss against K", columns=SIZE_COLUMNS)
     _line("wrote " + ", ".join(str(path) for path in result.files))
 
 
@@ -301,7 +305,9 @@ def print_evaluated(result) -> None:
     for run, loss in result.reference_losses.items():
         _line(f"run {run}: mean reference loss {_plain(loss)} on {result.reference_file}")
     if result.judge:
-        _line(f"judge {result.judge}: {result.asked} questions asked")
+        unreadable = result.unreadable
+        again = f", {unreadable} answers unreadable twice (not stored; a rerun asks again)" if unreadable else ""
+        _line(f"judge {result.judge}: {result.asked} questions asked{again}")
         print_rows(result.pairs, title="pairwise winning score of run_a against run_b (both orders)")
 
 

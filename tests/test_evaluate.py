@@ -5,6 +5,11 @@ equal to the scorer's zero-shot losses, and one-line errors."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,7 @@ import miwv
 from catalog.db import execute, insert_arrow, utcnow
 from catalog.testsets import read_testset
 from scoring.judge import parse_score, verdict
-from tests.conftest import SHARED_DATA, CliRun, write_jsonl
+from tests.conftest import REPO, SHARED_DATA, CliRun, write_jsonl
 
 pytestmark = pytest.mark.slow  # loads SmolLM2 and its adapters
 
@@ -28,7 +33,7 @@ def dolly(rows: slice) -> list[dict]:
 
 
 def make_adapter(folder: Path, seed: int) -> Path:
-    """A LoRA adapter on SmolLM2 whose B weights are a seeded small random, so it changes answers."""
+    """A LoRA adapter on SmolLM2 whose B weights are seeded random, large enough that two seeds answer differently."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -42,7 +47,7 @@ def make_adapter(folder: Path, seed: int) -> Path:
     with torch.no_grad():
         for name, weight in model.named_parameters():
             if "lora_B" in name:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.05)
+                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.3)
     model.save_pretrained(folder)
     return folder
 
@@ -100,7 +105,8 @@ def test_generation_is_stored_once_and_judging_asks_both_orders_once(runs):
     assert (again.new_prompts, again.generated, again.asked) == (0, 0, 0)
     assert table_count(cat, "test_prompt") == 3 and table_count(cat, "judgement") == 6
     answers = cat.sql("SELECT run_id, text FROM generation ORDER BY prompt_id, run_id").to_pylist()
-    assert any(a["text"] != b["text"] for a, b in zip(answers[::2], answers[1::2], strict=True))  # adapters differ
+    pairs = list(zip(answers[::2], answers[1::2], strict=True))
+    assert any(a["text"] != b["text"] for a, b in pairs), f"both adapters answered alike: {pairs}"
     verdicts = cat.sql("SELECT DISTINCT verdict, judge_prompt_hash FROM judgement").to_pylist()
     assert {v["verdict"] for v in verdicts} <= {"a", "b", "tie"} and len(
         {v["judge_prompt_hash"] for v in verdicts}
@@ -112,6 +118,30 @@ def test_generation_is_stored_once_and_judging_asks_both_orders_once(runs):
     assert score == pytest.approx(pair["winning_score"]) and next(iter(rows[2]["winning_score"].values())) == (
         pytest.approx(2 - score)
     )
+
+
+def test_evaluate_resumes_after_kill_9_generating_only_what_is_missing(runs):
+    cat, root = runs
+    prompts = write_jsonl(root / "killed.jsonl", [{"instruction": r["instruction"]} for r in dolly(slice(300, 320))])
+    args = ["evaluate", "--runs", "1", "--testset", str(prompts), "--max-new-tokens", "4", "--batch-size", "1"]
+    answered = "SELECT count(*) AS n FROM generation JOIN test_prompt USING (prompt_id) WHERE testset = 'killed'"
+    command = [sys.executable, "cli.py", "--catalog", str(cat.path), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    try:
+        while cat.sql(answered)["n"][0].as_py() == 0:
+            assert process.poll() is None, "evaluate ended before its first answer was stored"
+            assert time.monotonic() < deadline, "no answer stored within 10 minutes"
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    kept = cat.sql(answered)["n"][0].as_py()
+    assert 0 < kept < 20
+    resumed = CliRun(cat.path).json(*args)
+    assert (resumed["new_prompts"], resumed["generated"]) == (0, 20 - kept)
+    assert cat.sql(answered)["n"][0].as_py() == 20
 
 
 def test_left_padding_gives_the_greedy_answer_of_one_prompt_alone(runs):
@@ -151,7 +181,7 @@ def test_reference_loss_is_the_scorers_zero_shot_loss_and_refuses_training_sampl
     ("arguments", "message"),
     [
         (dict(runs=[99], testset="vicuna"), r"^no training run 99 in "),
-        (dict(runs=[1], testset="nowhere"), r"^test set 'nowhere' is neither a known name \(vicuna\) nor a file"),
+        (dict(runs=[1], testset="nowhere"), r"^test set 'nowhere' is neither a known name \(vicuna, .*\) nor a file"),
         (dict(runs=[1, 2], testset="vicuna", judge="gpt"), r"^judge 'gpt' is not local:MODEL"),
         (dict(runs=[1]), r"^nothing to evaluate"),
     ],
