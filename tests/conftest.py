@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,23 @@ connection = duckdb.connect(sys.argv[1], read_only=True)
 print("holding", flush=True)
 sys.stdin.readline()
 """
+
+
+def kill_9_once(catalog: Path, args: list[str], ready: Callable[[], bool], what: str) -> None:
+    """Run `cli.py --catalog CATALOG ARGS` and kill -9 it as soon as `ready()` holds (polled);
+    fails if the command ends first or `ready` takes over 10 minutes. `what`: what ready() waits for."""
+    command = [sys.executable, "cli.py", "--catalog", str(catalog), *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    try:
+        while not ready():
+            assert process.poll() is None, f"{args[0]} ended before {what}"
+            assert time.monotonic() < deadline, f"no {what} within 10 minutes"
+            time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
 
 
 def hold_read(db_file: Path) -> subprocess.Popen:

@@ -5,11 +5,6 @@ equal to the scorer's zero-shot losses, and one-line errors."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +13,7 @@ import miwv
 from catalog.db import execute, insert_arrow, utcnow
 from catalog.testsets import read_testset
 from scoring.judge import parse_score, verdict
-from tests.conftest import REPO, SHARED_DATA, CliRun, write_jsonl
+from tests.conftest import SHARED_DATA, CliRun, kill_9_once, write_jsonl
 
 pytestmark = pytest.mark.slow  # loads SmolLM2 and its adapters
 
@@ -66,15 +61,22 @@ def record_run(cat: miwv.Catalog, run_id: int, selection_id: int, adapter: Path,
         execute(conn, "INSERT INTO train_loss VALUES ($r, 1, 1.0, $l, 0.0001)", {"r": run_id, "l": loss})
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> tuple[miwv.Catalog, Path]:
-    """A catalog of 30 Dolly samples, a random selection of 10, and two LoRA runs on it (seeds 0 and 1)."""
-    root = tmp_path_factory.mktemp("evaluate")
+def two_lora_runs(root: Path, pool: int, selected: int) -> miwv.Catalog:
+    """A catalog of the first `pool` Dolly samples, a random selection of `selected`, and two LoRA
+    runs on it: run 1 (seed 0) and run 2 (seed 1)."""
     cat = miwv.open(root / "catalog")
-    cat.ingest(write_jsonl(root / "pool.jsonl", dolly(slice(0, 30))), dataset="pool")
-    selection = cat.select(strategy="random", top_k=10, seed=3)
+    cat.ingest(write_jsonl(root / "pool.jsonl", dolly(slice(0, pool))), dataset="pool")
+    selection = cat.select(strategy="random", top_k=selected, seed=3)
     for run_id, seed in ((1, 0), (2, 1)):
         record_run(cat, run_id, selection.selection_id, make_adapter(root / f"adapter{seed}", seed), seed, 1 + seed)
+    return cat
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[miwv.Catalog, Path]:
+    """Two LoRA runs on a random 10 of 30 Dolly samples, and test files."""
+    root = tmp_path_factory.mktemp("evaluate")
+    cat = two_lora_runs(root, 30, 10)
     write_jsonl(root / "three.jsonl", [{"instruction": r["instruction"]} for r in dolly(slice(100, 103))])
     write_jsonl(root / "held.jsonl", dolly(slice(200, 203)))
     write_jsonl(root / "overlap.jsonl", dolly(slice(0, 30)))  # the pool: the selection's 10 among them
@@ -125,18 +127,7 @@ def test_evaluate_resumes_after_kill_9_generating_only_what_is_missing(runs):
     prompts = write_jsonl(root / "killed.jsonl", [{"instruction": r["instruction"]} for r in dolly(slice(300, 320))])
     args = ["evaluate", "--runs", "1", "--testset", str(prompts), "--max-new-tokens", "4", "--batch-size", "1"]
     answered = "SELECT count(*) AS n FROM generation JOIN test_prompt USING (prompt_id) WHERE testset = 'killed'"
-    command = [sys.executable, "cli.py", "--catalog", str(cat.path), *args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    try:
-        while cat.sql(answered)["n"][0].as_py() == 0:
-            assert process.poll() is None, "evaluate ended before its first answer was stored"
-            assert time.monotonic() < deadline, "no answer stored within 10 minutes"
-            time.sleep(0.1)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    kill_9_once(cat.path, args, lambda: cat.sql(answered)["n"][0].as_py() > 0, "its first answer was stored")
     kept = cat.sql(answered)["n"][0].as_py()
     assert 0 < kept < 20
     resumed = CliRun(cat.path).json(*args)

@@ -29,7 +29,7 @@ import miwv
 from catalog.db import execute
 from scoring.judge import CRITERIA, PROMPT_HASH, SYSTEM, TEMPLATE, parse_score
 from tests.conftest import CliRun, write_jsonl
-from tests.test_evaluate import dolly, make_adapter, record_run
+from tests.test_evaluate import dolly, two_lora_runs
 
 pytestmark = pytest.mark.slow  # starts an inference server, loads SmolLM2 and two adapters
 
@@ -167,11 +167,7 @@ def forward(url: str, method: str, body: dict | None) -> tuple[int, dict, bytes]
 def runs(tmp_path_factory) -> tuple[miwv.Catalog, Path]:
     """Two LoRA runs of SmolLM2 (as in test_evaluate) and a file of one test prompt."""
     root = tmp_path_factory.mktemp("judge_api")
-    cat = miwv.open(root / "catalog")
-    cat.ingest(write_jsonl(root / "pool.jsonl", dolly(slice(0, 20))), dataset="pool")
-    selection = cat.select(strategy="random", top_k=5, seed=3)
-    for run_id, seed in ((1, 0), (2, 1)):
-        record_run(cat, run_id, selection.selection_id, make_adapter(root / f"adapter{seed}", seed), seed, 1 + seed)
+    cat = two_lora_runs(root, 20, 5)
     write_jsonl(root / "one.jsonl", [{"instruction": dolly(slice(101, 102))[0]["instruction"]}])
     return cat, root / "one.jsonl"
 

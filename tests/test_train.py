@@ -5,11 +5,6 @@ on before writing anything. Real catalog, the bundled SmolLM2, a few steps on 8 
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +15,7 @@ from catalog.store import Catalog
 from scoring.local_files import fingerprint
 from scoring.sequences import SequenceBuilder
 from scoring.train import build_examples, trained_suffix
-from tests.conftest import REPO, CliRun, fixture_records, write_jsonl
+from tests.conftest import CliRun, fixture_records, kill_9_once, write_jsonl
 
 # A few quick steps: one sequence per step, a high rate so a few steps move the adapter.
 QUICK = dict(batch_size=1, gradient_accumulation=1, lr=1e-3, max_length=256, save_steps=2)
@@ -111,18 +106,13 @@ def test_lora_training_records_the_run_and_the_adapter_moves_the_loss(selected, 
 
 @pytest.mark.slow
 def test_train_resumes_from_its_last_checkpoint_after_kill_9(selected):
-    command = [sys.executable, "cli.py", "--catalog", str(selected.catalog), *TRAIN, "--max-steps", "6"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    try:
-        while not list((selected.catalog / "runs" / "1").glob("checkpoint-*/trainer_state.json")):
-            assert process.poll() is None, "train ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 10 minutes"
-            time.sleep(0.2)
-    finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    checkpoints = selected.catalog / "runs" / "1"
+    kill_9_once(
+        selected.catalog,
+        [*TRAIN, "--max-steps", "6"],
+        lambda: any(checkpoints.glob("checkpoint-*/trainer_state.json")),
+        "its first checkpoint",
+    )
     resumed = selected.json(*TRAIN, "--max-steps", "6")
     assert resumed["resumed"] and resumed["run_id"] == 1 and resumed["steps"] == 6
     cat = miwv.open(selected.catalog)

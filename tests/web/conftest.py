@@ -8,6 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +74,30 @@ def explored(tmp_path_factory) -> Path:
     if kept:
         shutil.copytree(catalog, kept, dirs_exist_ok=True)
     return catalog
+
+
+@contextmanager
+def served(catalog: Path) -> Iterator[str]:
+    """The explorer over `catalog` on a free loopback port, served by uvicorn in a thread; its URL."""
+    import uvicorn
+
+    from web.app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(create_app(Catalog(catalog)), host="127.0.0.1", port=port, log_level="warning")
+    app = uvicorn.Server(config)
+    thread = threading.Thread(target=app.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not app.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        app.should_exit = True
+        thread.join(10)
 
 
 def sql(catalog: Path, query: str) -> list[dict]:

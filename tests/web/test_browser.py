@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from catalog import Catalog
-from tests.web.conftest import MODEL, sql
-from web.app import create_app
+from tests.web.conftest import MODEL, served, sql
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 INSTALL = "headless Chromium not found; install it with: apt-get install chromium chromium-driver"
@@ -26,22 +22,9 @@ INSTALL = "headless Chromium not found; install it with: apt-get install chromiu
 
 @pytest.fixture(scope="module")
 def server(explored: Path):
-    """The app on a free loopback port, served by uvicorn in a thread."""
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(Catalog(explored)), host="127.0.0.1", port=port, log_level="warning")
-    app = uvicorn.Server(config)
-    thread = threading.Thread(target=app.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not app.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    app.should_exit = True
-    thread.join(10)
+    """The app over the explored catalog, served in a thread."""
+    with served(explored) as url:
+        yield url
 
 
 # Selenium and Chromium never try the network. Selenium Manager (it downloads drivers and sends

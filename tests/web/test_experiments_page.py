@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import statistics
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +25,7 @@ from catalog.evaluations import settings_json, store_generations, store_judgemen
 from catalog.runs import RunKey, finish_run, record_loss, start_run
 from catalog.testsets import read_testset, store_testset
 from tests.conftest import SHARED_DATA, write_jsonl
-from tests.web.conftest import IMG, SCRIPT
+from tests.web.conftest import IMG, SCRIPT, served
 from tests.web.test_browser import browser, shoot  # noqa: F401 (a fixture)
 from web.app import create_app
 
@@ -212,23 +209,9 @@ def test_an_empty_catalog_says_how_to_create_runs(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def server(built: Built):
-    """The app over the built catalog on a free loopback port, served by uvicorn in a thread."""
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    app = uvicorn.Server(
-        uvicorn.Config(create_app(Catalog(built.path)), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=app.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not app.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    app.should_exit = True
-    thread.join(10)
+    """The app over the built catalog, served in a thread."""
+    with served(built.path) as url:
+        yield url
 
 
 @pytest.mark.slow
