@@ -11,24 +11,22 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from catalog import db
+from catalog.run_metrics import RUN_METRICS
 
-SIZE_SWEEP_SQL = """
-WITH per_run AS (
-    SELECT s.strategy, coalesce(s.top_percent, 100.0 * s.selected / s.pool_size) AS top_percent,
-           s.selected, r.model AS trained, r.method, p.testset, r.run_id, avg(l.loss) AS loss,
-           (SELECT loss FROM train_loss t WHERE t.run_id = r.run_id ORDER BY step DESC LIMIT 1) AS final_loss
-    FROM selection s JOIN train_run r USING (selection_id)
-         JOIN reference_loss l USING (run_id) JOIN test_prompt p USING (prompt_id)
-    WHERE s.scorer_id = $scorer AND l.loss IS NOT NULL
+# The runs of this scorer's selections, over the runs and per-run metrics `experiments` reads.
+SIZE_SWEEP_SQL = (
+    RUN_METRICS
+    + """
+    SELECT r.strategy, round(coalesce(s.top_percent, 100.0 * s.selected / s.pool_size), 4) AS top_percent,
+           s.selected AS samples, r.model AS trained, r.method, m.metric[length('reference_loss:') + 1:] AS testset,
+           count(*) AS runs, avg(m.value) AS reference_loss, stddev_samp(m.value) AS reference_loss_std,
+           avg(r.final_loss) AS final_train_loss
+    FROM run r JOIN metric m USING (run_id) JOIN selection s USING (selection_id)
+    WHERE s.scorer_id = $scorer AND starts_with(m.metric, 'reference_loss:') AND m.value IS NOT NULL
     GROUP BY ALL
-)
-SELECT strategy, round(top_percent, 4) AS top_percent, selected AS samples, trained, method, testset,
-       count(*) AS runs, avg(loss) AS reference_loss, stddev_samp(loss) AS reference_loss_std,
-       avg(final_loss) AS final_train_loss
-FROM per_run
-GROUP BY ALL
-ORDER BY strategy, trained, method, testset, top_percent
+    ORDER BY strategy, trained, method, testset, top_percent
 """
+)
 
 
 def size_sweep(conn: sa.Connection, scorer_id: int) -> list[dict]:
